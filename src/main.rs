@@ -1,0 +1,3 @@
+fn main() {
+    println!("replhub {}", env!("CARGO_PKG_VERSION"));
+}
