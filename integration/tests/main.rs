@@ -1,0 +1,8 @@
+//! The integration suite: real redis-servers, Webdis and nginx with mutual
+//! TLS, started by the tests themselves (see `integration/support`).
+//! This file is a list of modules only.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod stack_tests;
