@@ -1,0 +1,249 @@
+//! Capture: turning keyspace events on either side into dirty keys.
+//!
+//! Local events arrive through the server's shared subscriber
+//! (`local::LocalRedis` routes them here by prefix). Remote events come from
+//! a PSUBSCRIBE stream through Webdis, owned by [`run_remote_stream`], which
+//! also proves the stream end to end: it subscribes to a second pattern for
+//! a heartbeat key under `__replhub__:` and writes that key (with a TTL)
+//! every `heartbeat.interval`. Its keyspace event shows that the stream is
+//! alive and that the remote still has notifications enabled (a Redis
+//! restart resets them, and Webdis's stream then hangs silently forever).
+//! No heartbeat within `heartbeat.timeout`, or no response headers in that
+//! time, means reconnect and resync.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::Link;
+use crate::backoff::Backoff;
+use crate::config::Direction;
+use crate::echo::Verdict;
+use crate::local::{EventSink, LocalError, LostReason, Registration};
+use crate::metrics::ResyncReason;
+use crate::notify_flags;
+use crate::webdis::codec::glob_escape;
+use crate::webdis::stream::StreamMessage;
+
+/// Receives local events for one link (weakly, so a stopped link is freed).
+struct LocalSink {
+    link: Weak<Link>,
+}
+
+impl EventSink for LocalSink {
+    fn key_changed(&self, key: Bytes) {
+        let Some(link) = self.link.upgrade() else { return };
+        link.on_event(true, key);
+    }
+
+    fn events_lost(&self, reason: LostReason) {
+        let Some(link) = self.link.upgrade() else { return };
+        link.res.echo.forget_server(&link.local_id);
+        link.request_resync(match reason {
+            LostReason::Reconnect => ResyncReason::Reconnect,
+            LostReason::Overflow => ResyncReason::Overflow,
+        });
+    }
+}
+
+/// Registers the link with its local server: event capture for push and
+/// both links, reconnect notices for all.
+pub(super) async fn register_local(link: &Arc<Link>) -> Result<Registration, LocalError> {
+    let crate::side::Side::Local(server) = &link.local else {
+        unreachable!("the local side of a link is always local")
+    };
+    let direction = link.config.direction;
+    let capture = matches!(direction, Direction::Push | Direction::Both).then(|| link.config.local.prefix.clone());
+    let sink = Arc::new(LocalSink { link: Arc::downgrade(link) });
+    let (registration, warning) = server.register(capture, notify_flags::local_needed(direction), sink).await?;
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
+    }
+    Ok(registration)
+}
+
+impl Link {
+    /// An event for `key` (full key) on the local (`local == true`) or remote side.
+    pub(super) fn on_event(&self, local: bool, key: Bytes) {
+        let prefix = if local { &self.config.local.prefix } else { &self.config.remote.prefix };
+        let Some(suffix) = key.strip_prefix(prefix.as_slice()) else { return };
+        let suffix = key.slice_ref(suffix);
+        if self.config.direction == Direction::Both {
+            let server = if local { &self.local_id } else { &self.remote_id };
+            match self.res.echo.on_event(server, &key) {
+                Verdict::Echo => {
+                    self.count_echo();
+                    return;
+                }
+                Verdict::HeldBack => return,
+                Verdict::Genuine => {}
+            }
+        }
+        self.mark(suffix, Instant::now());
+    }
+
+    fn heartbeat_key(&self) -> Bytes {
+        Bytes::from(format!("__replhub__:hb:{}:{}", self.config.name, std::process::id()))
+    }
+
+    /// Makes sure the remote has the flags this link needs; warns when CONFIG is refused.
+    async fn ensure_remote_flags(&self) {
+        let Some(needed) = notify_flags::remote_needed(self.config.direction) else { return };
+        let client = self.remote_pool.client();
+        let current = match client.command("CONFIG", &["GET", "notify-keyspace-events"]).await {
+            Ok(crate::resp::Value::Array(items)) => items
+                .get(1)
+                .and_then(|v| v.as_bytes())
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default(),
+            Ok(other) => {
+                tracing::warn!(reply = %other.describe(), "unexpected reply to CONFIG GET notify-keyspace-events on the remote");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    "cannot read the remote's notify-keyspace-events; the remote Redis must have at least the flags \"{needed}\" (set them in its redis.conf); the heartbeat will tell if events arrive"
+                );
+                return;
+            }
+        };
+        if let Some(flags) = notify_flags::merged(&current, &needed) {
+            match client.command("CONFIG", &["SET", "notify-keyspace-events", flags.as_str()]).await {
+                Ok(_) => tracing::info!(from = %current, to = %flags, "enabled keyspace notifications on the remote"),
+                Err(error) => tracing::warn!(
+                    %error,
+                    "cannot set the remote's notify-keyspace-events; the remote Redis must have at least the flags \"{needed}\""
+                ),
+            }
+        }
+    }
+
+    /// Writes the heartbeat key through Webdis (EVAL, which a safe ACL allows).
+    async fn beat(&self, key: &Bytes, ttl: Duration) -> Result<(), crate::webdis::WebdisError> {
+        let script = "return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])";
+        let stamp = super::base::now_ms().to_string();
+        let ttl_ms = ttl.as_millis().to_string();
+        let args: [&[u8]; 5] = [script.as_bytes(), b"1", key, stamp.as_bytes(), ttl_ms.as_bytes()];
+        self.remote_pool.client().command("EVAL", &args).await.map(|_| ())
+    }
+}
+
+/// Why a stream ended.
+enum StreamEnd {
+    Cancelled,
+    /// Reconnect; the resync after it runs for this reason.
+    Reconnect(ResyncReason, String),
+}
+
+/// Owns the remote event stream of a pull or both link: connect, read,
+/// heartbeat, reconnect — until the link stops. Each new stream, once its
+/// first heartbeat proves it works, asks for the resync that covers what
+/// happened without it: `startup` the first time, then the reason the
+/// previous stream ended.
+pub(super) async fn run_remote_stream(link: Arc<Link>) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut resync_reason = ResyncReason::Startup;
+    loop {
+        link.ensure_remote_flags().await;
+        let opened = tokio::time::Instant::now();
+        match stream_once(&link, resync_reason).await {
+            StreamEnd::Cancelled => return,
+            StreamEnd::Reconnect(reason, error) => {
+                tracing::warn!(%error, "the remote event stream is down; reconnecting");
+                link.status.set_stream_ok(false, Some(error));
+                link.res.echo.forget_server(&link.remote_id);
+                // Only a stream that never confirmed keeps the earlier reason (e.g. startup).
+                if link.stream_confirmed_since(opened) {
+                    resync_reason = reason;
+                }
+                if link.stream_confirmed_since(opened) && opened.elapsed() > link.config.heartbeat.timeout * 2 {
+                    backoff.reset();
+                }
+                if !link.sleep(backoff.next_delay()).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn stream_once(link: &Arc<Link>, resync_reason: ResyncReason) -> StreamEnd {
+    let heartbeat = link.config.heartbeat;
+    let db = link.config.remote.db;
+    let channel_prefix = format!("__keyspace@{db}__:").into_bytes();
+    let hb_key = link.heartbeat_key();
+    let mut namespace = channel_prefix.clone();
+    namespace.extend_from_slice(&glob_escape(&link.config.remote.prefix));
+    namespace.push(b'*');
+    let mut hb_pattern = channel_prefix.clone();
+    hb_pattern.extend_from_slice(&glob_escape(&hb_key));
+    let hb_channel = super::concat(&channel_prefix, &hb_key);
+
+    let pool_generation = link.remote_pool.generation();
+    let client = link.remote_pool.client();
+    let patterns = [namespace, hb_pattern];
+    let subscribe = client.subscribe(&patterns, heartbeat.timeout);
+    let mut stream = tokio::select! {
+        result = subscribe => match result {
+            Ok(stream) => stream,
+            Err(error) => {
+                link.count_error(error.kind());
+                return StreamEnd::Reconnect(ResyncReason::Reconnect, format!("cannot subscribe: {error}"));
+            }
+        },
+        _ = link.cancel.cancelled() => return StreamEnd::Cancelled,
+    };
+
+    let mut ticker = tokio::time::interval(heartbeat.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let started = tokio::time::Instant::now();
+    let mut last_beat: Option<tokio::time::Instant> = None;
+    loop {
+        let deadline = last_beat.unwrap_or(started) + heartbeat.timeout;
+        tokio::select! {
+            message = stream.next_message() => match message {
+                Ok(StreamMessage::Event { channel, .. }) => {
+                    if channel == hb_channel {
+                        if last_beat.is_none() {
+                            link.note_stream_confirmed();
+                            link.status.set_stream_ok(true, None);
+                            link.request_resync(resync_reason);
+                        }
+                        last_beat = Some(tokio::time::Instant::now());
+                    } else if let Some(key) = channel.strip_prefix(channel_prefix.as_slice()) {
+                        link.on_event(false, channel.slice_ref(key));
+                    }
+                }
+                Ok(StreamMessage::Subscribed { .. }) => {}
+                Err(error) => {
+                    link.count_error("stream");
+                    return StreamEnd::Reconnect(ResyncReason::Reconnect, error.to_string());
+                }
+            },
+            _ = ticker.tick() => {
+                if link.remote_pool.generation() != pool_generation {
+                    return StreamEnd::Reconnect(ResyncReason::Reconnect, "the client certificate changed; re-establishing the stream".to_string());
+                }
+                if let Err(error) = link.beat(&hb_key, heartbeat.timeout * 2).await {
+                    link.count_error(error.kind());
+                    link.status.record_error(format!("heartbeat write failed: {error}"));
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                link.count_error("heartbeat_timeout");
+                let why = if last_beat.is_none() {
+                    format!(
+                        "no heartbeat event within {:?} of subscribing: events do not arrive (does the remote Redis have notify-keyspace-events with at least \"Kg$lshzxe\"?)",
+                        heartbeat.timeout
+                    )
+                } else {
+                    format!("no heartbeat event for {:?}: the stream is stuck", heartbeat.timeout)
+                };
+                return StreamEnd::Reconnect(ResyncReason::Heartbeat, why);
+            }
+            _ = link.cancel.cancelled() => return StreamEnd::Cancelled,
+        }
+    }
+}

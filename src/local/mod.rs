@@ -1,0 +1,392 @@
+//! The local side: Redis servers reached directly with fred.
+//!
+//! Connections are resources of the hub, not of a link: [`LocalServers`]
+//! hands out one [`LocalRedis`] per URL (server, database, credentials), and
+//! every link on that URL shares its two connections: a command client and a
+//! subscriber on `__keyevent@DB__:*`. Keyevent channels carry the key as the
+//! message payload, so binary key names arrive intact (fred drops keyspace
+//! events whose channel is not UTF-8). The subscriber routes each event to
+//! the one link whose prefix the key starts with (prefixes on one database
+//! are disjoint, so a binary search finds it).
+//!
+//! After every reconnect (a Redis restart resets `notify-keyspace-events`)
+//! the flags are applied again and every link on the server is told that
+//! events may have been lost, so it resyncs.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fred::clients::{Client, SubscriberClient};
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::prelude::{Builder, ReconnectPolicy};
+use fred::types::config::{Config as FredConfig, ServerConfig, UnresponsiveConfig};
+use tokio::task::JoinHandle;
+
+use crate::config::tls_files::load_client_tls;
+use crate::config::validate::RESERVED_PREFIX;
+use crate::config::{RedisUrl, TlsPaths};
+use crate::notify_flags;
+use crate::resp::Value;
+
+/// Receives what happens on a local server for one link.
+pub trait EventSink: Send + Sync {
+    /// A key in the link's namespace changed (`key` includes the prefix).
+    fn key_changed(&self, key: Bytes);
+    /// Events may have been lost (reconnect, or the event queue overflowed): resync.
+    fn events_lost(&self, reason: LostReason);
+}
+
+/// Why events may have been lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LostReason {
+    Reconnect,
+    Overflow,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("local Redis {server}: {message}")]
+    Redis { server: String, message: String },
+    #[error("local Redis {server}: {message}")]
+    Connection { server: String, message: String },
+    #[error("local Redis {server}: cannot set up TLS: {message}")]
+    Setup { server: String, message: String },
+}
+
+impl LocalError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LocalError::Redis { .. } => "local_redis_error",
+            LocalError::Connection { .. } => "local_connection",
+            LocalError::Setup { .. } => "local_tls",
+        }
+    }
+}
+
+/// One link's registration on a server; dropping it unregisters the link.
+pub struct Registration {
+    server: Arc<LocalRedis>,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut routes = self.server.routes.write().unwrap_or_else(|e| e.into_inner());
+        routes.retain(|r| r.id != self.id);
+    }
+}
+
+struct Route {
+    id: u64,
+    /// Prefix whose events this link captures; `None` for links that only write here.
+    capture: Option<Vec<u8>>,
+    /// Flags this link needs on the server.
+    flags: Option<String>,
+    sink: Arc<dyn EventSink>,
+}
+
+/// A shared connection to one local Redis database.
+pub struct LocalRedis {
+    /// `host:port/db`, naming the server in logs and in the echo filter.
+    pub id: String,
+    /// The URL without its password.
+    pub label: String,
+    db: u32,
+    client: Client,
+    subscriber: SubscriberClient,
+    subscribed: tokio::sync::OnceCell<()>,
+    routes: RwLock<Vec<Route>>,
+    next_id: AtomicU64,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for LocalRedis {
+    fn drop(&mut self) {
+        for task in self.tasks.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            task.abort();
+        }
+        let (client, subscriber) = (self.client.clone(), self.subscriber.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = client.quit().await;
+                let _ = subscriber.quit().await;
+            });
+        }
+    }
+}
+
+impl LocalRedis {
+    async fn connect(url: &RedisUrl, tls: Option<&TlsPaths>) -> Result<Arc<LocalRedis>, LocalError> {
+        let label = url.to_string();
+        let id = format!("{}:{}/{}", url.server_key().0, url.port, url.db);
+        let mut config = FredConfig {
+            server: ServerConfig::new_centralized(url.host.clone(), url.port),
+            username: url.username.clone(),
+            password: url.password.as_ref().map(|p| p.expose().to_string()),
+            database: Some(url.db as u8),
+            fail_fast: false,
+            ..FredConfig::default()
+        };
+        if url.db > 255 {
+            return Err(LocalError::Setup {
+                server: label,
+                message: "databases above 255 are not supported".to_string(),
+            });
+        }
+        if url.tls {
+            let paths = tls.cloned().unwrap_or(TlsPaths { ca: None, cert: None, key: None });
+            let (material, _) =
+                load_client_tls(&paths, std::time::SystemTime::now()).map_err(|problems| LocalError::Setup {
+                    server: label.clone(),
+                    message: problems.into_iter().map(|p| p.message).collect::<Vec<_>>().join("; "),
+                })?;
+            let rustls = crate::tls::client_config(material)
+                .map_err(|e| LocalError::Setup { server: label.clone(), message: e.to_string() })?;
+            config.tls = Some(fred::types::config::TlsConnector::from(rustls).into());
+        }
+        let mut builder = Builder::from_config(config);
+        builder
+            // fred does not reconnect unless told to: retry forever, 100 ms → 5 s.
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_secs(5);
+                c.internal_command_timeout = Duration::from_secs(10);
+                c.max_command_attempts = 3;
+                c.unresponsive =
+                    UnresponsiveConfig { max_timeout: Some(Duration::from_secs(10)), interval: Duration::from_secs(2) };
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = Duration::from_secs(30);
+                // Pub/sub messages reach us through a broadcast channel; a
+                // slow reader loses messages when it is full (reported as lag,
+                // which triggers a resync), so give it room for bursts.
+                p.broadcast_channel_capacity = 1 << 16;
+            });
+        let fred_error =
+            |e: fred::error::Error| LocalError::Connection { server: label.clone(), message: e.to_string() };
+        let client = builder.build().map_err(fred_error)?;
+        let subscriber = builder.build_subscriber_client().map_err(fred_error)?;
+        client.init().await.map_err(fred_error)?;
+        subscriber.init().await.map_err(fred_error)?;
+        let server = Arc::new(LocalRedis {
+            id,
+            label,
+            db: url.db,
+            client,
+            subscriber,
+            subscribed: tokio::sync::OnceCell::new(),
+            routes: RwLock::new(Vec::new()),
+            next_id: AtomicU64::new(1),
+            tasks: Mutex::new(Vec::new()),
+        });
+        server.start_watchers();
+        Ok(server)
+    }
+
+    /// Background tasks: event routing, and flags + resync after reconnects.
+    /// They hold only a weak reference, so the server closes when its last link goes.
+    fn start_watchers(self: &Arc<Self>) {
+        // fred re-subscribes after a reconnect only with this task running.
+        let mut tasks = vec![self.subscriber.manage_subscriptions()];
+        let weak = Arc::downgrade(self);
+        // fred delivers `__keyevent@` messages on its keyspace channel, with
+        // the key (the payload) as binary-safe bytes.
+        let mut messages = self.subscriber.keyspace_event_rx();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let result = messages.recv().await;
+                let Some(server) = weak.upgrade() else { return };
+                match result {
+                    Ok(event) => server.route(&event.operation, event.key.into_bytes()),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(server = %server.label, missed, "local event queue overflowed; resyncing the links on this server");
+                        server.notify_lost(LostReason::Overflow, true);
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        }));
+        for mut reconnects in [self.client.reconnect_rx(), self.subscriber.reconnect_rx()] {
+            let weak: Weak<LocalRedis> = Arc::downgrade(self);
+            tasks.push(tokio::spawn(async move {
+                while reconnects.recv().await.is_ok() {
+                    let Some(server) = weak.upgrade() else { return };
+                    tracing::info!(server = %server.label, "reconnected to the local Redis; applying notification flags and resyncing");
+                    server.apply_flags().await;
+                    server.notify_lost(LostReason::Reconnect, false);
+                }
+            }));
+        }
+        *self.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
+    }
+
+    fn route(&self, operation: &str, key: Bytes) {
+        if key.starts_with(RESERVED_PREFIX) {
+            return;
+        }
+        // "new" always accompanies another event of the same command.
+        if operation == "new" {
+            return;
+        }
+        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        for route in routes.iter() {
+            if route.capture.as_deref().is_some_and(|p| key.starts_with(p)) {
+                route.sink.key_changed(key);
+                return;
+            }
+        }
+    }
+
+    fn notify_lost(&self, reason: LostReason, capturing_only: bool) {
+        let sinks: Vec<Arc<dyn EventSink>> = {
+            let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+            routes.iter().filter(|r| !capturing_only || r.capture.is_some()).map(|r| r.sink.clone()).collect()
+        };
+        for sink in sinks {
+            sink.events_lost(reason);
+        }
+    }
+
+    /// Registers a link. With `capture`, its keyspace events are routed to
+    /// `sink` (subscribing on first use); `flags` are added to the server's
+    /// `notify-keyspace-events`. Returns a warning text when the flags could
+    /// not be set (CONFIG refused), naming the flags the server must have.
+    pub async fn register(
+        self: &Arc<Self>,
+        capture: Option<Vec<u8>>,
+        flags: Option<String>,
+        sink: Arc<dyn EventSink>,
+    ) -> Result<(Registration, Option<String>), LocalError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let captures = capture.is_some();
+        self.routes.write().unwrap_or_else(|e| e.into_inner()).push(Route { id, capture, flags: flags.clone(), sink });
+        let registration = Registration { server: self.clone(), id };
+        let warning = match &flags {
+            Some(needed) => self.ensure_flags(needed).await?,
+            None => None,
+        };
+        if captures {
+            let pattern = format!("__keyevent@{}__:*", self.db);
+            self.subscribed.get_or_try_init(|| async { self.subscriber.psubscribe(pattern).await }).await.map_err(
+                |e| LocalError::Connection { server: self.label.clone(), message: format!("PSUBSCRIBE failed: {e}") },
+            )?;
+        }
+        Ok((registration, warning))
+    }
+
+    async fn apply_flags(&self) {
+        let needed: Vec<String> = {
+            let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+            routes.iter().filter_map(|r| r.flags.clone()).collect()
+        };
+        for flags in needed {
+            if let Err(e) = self.ensure_flags(&flags).await {
+                tracing::warn!(server = %self.label, error = %e, "could not re-apply notify-keyspace-events");
+            }
+        }
+    }
+
+    /// Adds `needed` to the server's flags. `Ok(Some(warning))` when CONFIG is refused.
+    async fn ensure_flags(&self, needed: &str) -> Result<Option<String>, LocalError> {
+        let refused = |e: &fred::error::Error| {
+            format!(
+                "cannot read or set notify-keyspace-events on {} ({e}); make sure the server has at least the flags \"{needed}\" (e.g. in redis.conf), or changes will only be seen by the periodic resync",
+                self.label
+            )
+        };
+        let current: Vec<fred::types::Value> =
+            match self.client.custom(fred::cmd!("CONFIG"), vec!["GET", "notify-keyspace-events"]).await {
+                Ok(v) => v,
+                Err(e) => return Ok(Some(refused(&e))),
+            };
+        let current = current.get(1).and_then(|v| v.as_str().map(|s| s.to_string())).unwrap_or_default();
+        if let Some(flags) = notify_flags::merged(&current, needed) {
+            let set: Result<fred::types::Value, _> =
+                self.client.custom(fred::cmd!("CONFIG"), vec!["SET", "notify-keyspace-events", flags.as_str()]).await;
+            if let Err(e) = set {
+                return Ok(Some(refused(&e)));
+            }
+            tracing::info!(server = %self.label, from = %current, to = %flags, "enabled keyspace notifications");
+        }
+        Ok(None)
+    }
+
+    /// Runs a Lua script (EVAL) and returns its reply.
+    pub async fn eval(&self, source: &str, keys: Vec<Bytes>, args: Vec<Bytes>) -> Result<Value, LocalError> {
+        let mut argv: Vec<fred::types::Value> = Vec::with_capacity(2 + keys.len() + args.len());
+        argv.push(fred::types::Value::from(source));
+        argv.push(fred::types::Value::Integer(keys.len() as i64));
+        argv.extend(keys.into_iter().map(fred::types::Value::Bytes));
+        argv.extend(args.into_iter().map(fred::types::Value::Bytes));
+        let reply: fred::types::Value = self
+            .client
+            .custom(fred::cmd!("EVAL"), argv)
+            .await
+            .map_err(|e| LocalError::Redis { server: self.label.clone(), message: e.to_string() })?;
+        Ok(to_resp(reply))
+    }
+
+    /// PING, for `check --connect` and health checks.
+    pub async fn ping(&self) -> Result<(), LocalError> {
+        let _: fred::types::Value = self
+            .client
+            .custom(fred::cmd!("PING"), Vec::<fred::types::Value>::new())
+            .await
+            .map_err(|e| LocalError::Connection { server: self.label.clone(), message: e.to_string() })?;
+        Ok(())
+    }
+
+    /// True while the command connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.client.is_connected()
+    }
+}
+
+/// Converts a fred reply into our RESP value (binary strings stay binary).
+fn to_resp(value: fred::types::Value) -> Value {
+    use fred::types::Value as F;
+    match value {
+        F::Bytes(b) => Value::Bulk(b),
+        F::String(s) => Value::Bulk(s.into_inner()),
+        F::Integer(i) => Value::Integer(i),
+        F::Double(d) => Value::Bulk(Bytes::from(d.to_string())),
+        F::Boolean(b) => Value::Integer(i64::from(b)),
+        F::Null => Value::Nil,
+        F::Array(items) => Value::Array(items.into_iter().map(to_resp).collect()),
+        F::Map(map) => Value::Array(
+            map.inner()
+                .into_iter()
+                .flat_map(|(k, v)| [Value::Bulk(k.as_bytes().to_vec().into()), to_resp(v)])
+                .collect(),
+        ),
+        F::Queued => Value::Simple(Bytes::from_static(b"QUEUED")),
+    }
+}
+
+/// The local servers in use, one [`LocalRedis`] per URL. Entries are weak:
+/// a server closes when the last link using it stops.
+#[derive(Default)]
+pub struct LocalServers {
+    servers: tokio::sync::Mutex<HashMap<ServerKey, Weak<LocalRedis>>>,
+}
+
+/// A server is shared by links with the same URL (credentials included) and TLS files.
+type ServerKey = (RedisUrl, Option<TlsPaths>);
+
+impl LocalServers {
+    /// The shared connection for `url`, connecting on first use.
+    pub async fn get(&self, url: &RedisUrl, tls: Option<&TlsPaths>) -> Result<Arc<LocalRedis>, LocalError> {
+        let mut servers = self.servers.lock().await;
+        servers.retain(|_, weak| weak.strong_count() > 0);
+        let key = (url.clone(), tls.cloned());
+        if let Some(server) = servers.get(&key).and_then(Weak::upgrade) {
+            return Ok(server);
+        }
+        let server = LocalRedis::connect(url, tls).await?;
+        servers.insert(key, Arc::downgrade(&server));
+        Ok(server)
+    }
+}
