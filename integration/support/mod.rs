@@ -15,7 +15,9 @@
 //! - [`nginx`]: an nginx child rendered from `examples/central/nginx.conf`.
 //! - [`https`]: requests through nginx with a chosen client certificate (curl).
 //! - [`stack`]: the whole stack in a fresh temporary directory.
+//! - [`hub`]: a `replhub run` process under test and the configs it gets.
 
+pub mod hub;
 pub mod https;
 pub mod install;
 pub mod nginx;

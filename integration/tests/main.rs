@@ -6,3 +6,5 @@
 mod support;
 
 mod stack_tests;
+
+mod smoke_tests;
