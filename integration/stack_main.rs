@@ -3,6 +3,8 @@
 //!
 //! - `pki DIR`: write a long-lived (100-year) test PKI into DIR (this is how
 //!   `examples/certs/` was made).
+//! - `install`: install the Debian packages the stack needs, if missing
+//!   (as root; see `support::install`).
 //! - `up [--demo]`: start the stack and keep it up until Ctrl-C or SIGTERM,
 //!   printing each server's address. `--demo` uses fixed ports (local redis
 //!   16379, remote redis 16380, Webdis 17379, nginx 18443), the committed PKI
@@ -19,7 +21,7 @@ use std::process::ExitCode;
 use support::pki::{Pki, SITE_A, SITE_B};
 use support::stack::{FixedPorts, KEEP_ENV, Stack, StackOptions};
 
-const USAGE: &str = "usage: cargo run --example stack -- pki DIR\n       cargo run --example stack -- up [--demo]";
+const USAGE: &str = "usage: cargo run --example stack -- pki DIR\n       cargo run --example stack -- up [--demo]\n       cargo run --example stack -- install";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
         ["pki", dir] => write_pki(Path::new(dir)),
         ["up"] => up(false),
         ["up", "--demo"] => up(true),
+        ["install"] => support::install::ensure_installed().map(|programs| println!("test stack programs: {programs:?}")),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);

@@ -8,3 +8,8 @@ mod support;
 mod stack_tests;
 
 mod smoke_tests;
+mod check_tests;
+mod engine_tests;
+mod both_tests;
+mod reload_tests;
+mod admin_tests;
