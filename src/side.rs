@@ -17,7 +17,8 @@ use crate::local::{LocalError, LocalRedis};
 use crate::remote::RemotePool;
 use crate::resp::Value;
 use crate::scripts::{
-    self, KeyState, KeyType, ReplyError, ScanEntry, Script, Scripts, WriteOp, WriteOutcome, WriteRecord,
+    self, BucketMask, BucketSums, KeyState, KeyType, ReplyError, ScanEntry, Script, Scripts, WriteOp, WriteOutcome,
+    WriteRecord,
 };
 use crate::webdis::{WebdisError, codec};
 
@@ -176,17 +177,29 @@ impl Side {
         Ok(staging_key)
     }
 
-    /// One step of a namespace scan.
+    /// One step of a namespace scan (only keys in `mask`'s buckets).
     pub async fn scan_step(
         &self,
         cursor: &[u8],
         pattern: &[u8],
         count: usize,
-        with_digest: bool,
+        mask: &BucketMask,
     ) -> Result<(Bytes, Vec<ScanEntry>), SideError> {
-        let reply = self
-            .eval(&Scripts::get().scan, Vec::new(), scripts::scan_args(cursor, pattern, count, with_digest))
-            .await?;
+        let args = scripts::scan_args(cursor, pattern, count, true, mask);
+        let reply = self.eval(&Scripts::get().scan, Vec::new(), args).await?;
         scripts::parse_scan(reply).map_err(|e| self.reply_error(e))
+    }
+
+    /// One step of a bucket summary of a namespace.
+    pub async fn bucket_step(
+        &self,
+        cursor: &[u8],
+        pattern: &[u8],
+        count: usize,
+        types: &[DataType],
+    ) -> Result<(Bytes, BucketSums), SideError> {
+        let args = scripts::bucket_args(cursor, pattern, count, types);
+        let reply = self.eval(&Scripts::get().buckets, Vec::new(), args).await?;
+        scripts::parse_buckets(reply).map_err(|e| self.reply_error(e))
     }
 }

@@ -15,8 +15,12 @@ use super::ports::free_port;
 use super::procs::Child;
 use super::stack::Stack;
 
-/// The replhub binary of this build (only set for integration tests).
+/// The replhub binary: `$REPLHUB_BIN` if set (the benchmark points it at the
+/// release build), else the one Cargo built for this test run.
 pub fn replhub_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("REPLHUB_BIN") {
+        return PathBuf::from(bin);
+    }
     match option_env!("CARGO_BIN_EXE_replhub") {
         Some(path) => PathBuf::from(path),
         None => super::manifest_dir().join("target").join("debug").join("replhub"),
@@ -167,8 +171,13 @@ impl Hub {
 
     /// Waits until `series` reaches at least `min`; returns its value.
     pub fn wait_metric_at_least(&self, series: &str, min: f64, timeout: Duration) -> f64 {
-        poll_until(timeout, || self.metric(series).filter(|v| *v >= min))
-            .unwrap_or_else(|| panic!("{series} did not reach {min} within {timeout:?} (now {:?})\n{}", self.metric(series), self.log_tail(40)))
+        poll_until(timeout, || self.metric(series).filter(|v| *v >= min)).unwrap_or_else(|| {
+            panic!(
+                "{series} did not reach {min} within {timeout:?} (now {:?})\n{}",
+                self.metric(series),
+                self.log_tail(40)
+            )
+        })
     }
 
     pub fn signal(&mut self, sig: libc::c_int) {
@@ -216,13 +225,16 @@ impl Hub {
 
 /// The value of one sample in Prometheus text.
 pub fn metric_value(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+    text.lines().find_map(|line| {
+        line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
+    })
 }
 
 /// A minimal HTTP GET over loopback (the admin server): (status, body).
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
     let mut response = Vec::new();

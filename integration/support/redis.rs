@@ -177,6 +177,11 @@ impl RedisConn {
             out.extend_from_slice(b"\r\n");
         }
         self.stream.write_all(&out)?;
+        self.read_reply()
+    }
+
+    /// Reads the next value the server sends (a reply, or a pub/sub message).
+    pub fn read_reply(&mut self) -> io::Result<Value> {
         let mut chunk = [0u8; 64 << 10];
         loop {
             let parsed =
@@ -190,6 +195,40 @@ impl RedisConn {
                 n => self.buf.extend_from_slice(&chunk[..n]),
             }
         }
+    }
+
+    /// Sends many commands at once (one write) and reads all their replies.
+    pub fn pipeline(&mut self, commands: &[Vec<&[u8]>]) -> io::Result<Vec<Value>> {
+        let mut out = Vec::new();
+        for args in commands {
+            out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+            for arg in args {
+                out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+                out.extend_from_slice(arg);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        self.stream.write_all(&out)?;
+        let mut replies = Vec::with_capacity(commands.len());
+        let mut chunk = [0u8; 64 << 10];
+        let mut offset = 0;
+        while replies.len() < commands.len() {
+            let parsed = resp::parse(&self.buf[offset..], &Limits::REPLY)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if let Some((value, used)) = parsed {
+                offset += used;
+                replies.push(value);
+                continue;
+            }
+            self.buf.drain(..offset);
+            offset = 0;
+            match self.stream.read(&mut chunk)? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                n => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        self.buf.drain(..offset);
+        Ok(replies)
     }
 
     /// Sends one command and reads its reply; panics on I/O errors.

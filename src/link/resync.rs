@@ -23,7 +23,7 @@ use super::base::{Observed, now_ms};
 use super::copy::{Decision, decide};
 use crate::config::Direction;
 use crate::metrics::ResyncReason;
-use crate::scripts::KeyType;
+use crate::scripts::{BucketMask, BucketSums, KeyType};
 use crate::side::{Side, SideError};
 use crate::webdis::codec::glob_escape;
 
@@ -38,13 +38,39 @@ struct Seen {
     foreign: bool,
 }
 
-/// Scans a whole namespace, calling `visit(suffix, seen)` for every key.
-async fn scan(link: &Link, side: &Side, prefix: &[u8], mut visit: impl FnMut(Bytes, Seen)) -> Result<(), SideError> {
+fn pattern(prefix: &[u8]) -> Vec<u8> {
     let mut pattern = glob_escape(prefix);
     pattern.push(b'*');
+    pattern
+}
+
+/// Sums a whole namespace by bucket (see `buckets.lua`).
+async fn summarize(link: &Link, side: &Side, prefix: &[u8]) -> Result<BucketSums, SideError> {
+    let pattern = pattern(prefix);
+    let mut sums = BucketSums::default();
     let mut cursor = Bytes::from_static(b"0");
     loop {
-        let (next, entries) = side.scan_step(&cursor, &pattern, SCAN_COUNT, true).await?;
+        let (next, step) = side.bucket_step(&cursor, &pattern, SCAN_COUNT, &link.config.types).await?;
+        sums.add(&step);
+        if next.as_ref() == b"0" || link.cancel.is_cancelled() {
+            return Ok(sums);
+        }
+        cursor = next;
+    }
+}
+
+/// Scans the keys of a namespace in `mask`'s buckets, calling `visit(suffix, seen)` for each.
+async fn scan(
+    link: &Link,
+    side: &Side,
+    prefix: &[u8],
+    mask: &BucketMask,
+    mut visit: impl FnMut(Bytes, Seen),
+) -> Result<(), SideError> {
+    let pattern = pattern(prefix);
+    let mut cursor = Bytes::from_static(b"0");
+    loop {
+        let (next, entries) = side.scan_step(&cursor, &pattern, SCAN_COUNT, mask).await?;
         let now = now_ms();
         for entry in entries {
             let Some(suffix) = entry.key.strip_prefix(prefix) else { continue };
@@ -90,16 +116,42 @@ pub(super) async fn resync(link: &Link, reason: ResyncReason) -> Result<(), Side
     link.status.set_synced(false);
     tracing::info!(reason = reason.label(), "resync started");
 
+    let direction = link.config.direction;
+    let both = direction == Direction::Both;
+    // Push and pull links first compare bucket sums: an unchanged namespace
+    // ends here, and otherwise only keys in differing buckets are listed.
+    // Both links list every key, since their base needs every equal key too.
+    let (mask, sizes): (BucketMask, Option<(usize, usize)>) = if both {
+        (None, None)
+    } else {
+        let (local_sums, remote_sums) = tokio::try_join!(
+            summarize(link, &link.local, &link.config.local.prefix),
+            summarize(link, &link.remote, &link.config.remote.prefix)
+        )?;
+        let differing = local_sums.differing(&remote_sums);
+        if !differing.contains(&true) {
+            link.status.set_refusal(None);
+            link.status.set_synced(true);
+            tracing::info!(
+                reason = reason.label(),
+                local_keys = local_sums.keys,
+                remote_keys = remote_sums.keys,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "resync done: both namespaces are equal"
+            );
+            return Ok(());
+        }
+        (Some(differing), Some((local_sums.keys, remote_sums.keys)))
+    };
+
     let mut local: HashMap<Bytes, Seen> = HashMap::new();
-    scan(link, &link.local, &link.config.local.prefix, |suffix, seen| {
+    scan(link, &link.local, &link.config.local.prefix, &mask, |suffix, seen| {
         local.insert(suffix, seen);
     })
     .await?;
     let mut plan = Plan { local_keys: local.values().filter(|s| !s.foreign).count(), ..Plan::default() };
-    let direction = link.config.direction;
-    let both = direction == Direction::Both;
     let mut seen_keys: HashSet<Bytes> = HashSet::new();
-    scan(link, &link.remote, &link.config.remote.prefix, |suffix, remote| {
+    scan(link, &link.remote, &link.config.remote.prefix, &mask, |suffix, remote| {
         if !remote.foreign {
             plan.remote_keys += 1;
         }
@@ -117,7 +169,12 @@ pub(super) async fn resync(link: &Link, reason: ResyncReason) -> Result<(), Side
         classify(link, &mut plan, suffix, local_seen, Seen { observed: Observed::ABSENT, foreign: false });
     }
 
-    // Deletion guard.
+    // Namespace sizes for the deletion guard: from the bucket sums when only
+    // some buckets were listed.
+    if let Some((local_keys, remote_keys)) = sizes {
+        plan.local_keys = local_keys;
+        plan.remote_keys = remote_keys;
+    }
     let refusal = refusal(link, &plan);
     if let Some(message) = &refusal {
         tracing::error!("{message}");

@@ -31,6 +31,9 @@ use crate::config::{RedisUrl, TlsPaths};
 use crate::notify_flags;
 use crate::resp::Value;
 
+/// Keyspace events fred may queue for us before it reports lag.
+const EVENT_QUEUE: usize = 16 << 10;
+
 /// Receives what happens on a local server for one link.
 pub trait EventSink: Send + Sync {
     /// A key in the link's namespace changed (`key` includes the prefix).
@@ -160,14 +163,16 @@ impl LocalRedis {
             })
             .with_performance_config(|p| {
                 p.default_command_timeout = Duration::from_secs(30);
-                // Pub/sub messages reach us through a broadcast channel; a
-                // slow reader loses messages when it is full (reported as lag,
-                // which triggers a resync), so give it room for bursts.
-                p.broadcast_channel_capacity = 1 << 16;
             });
         let fred_error =
             |e: fred::error::Error| LocalError::Connection { server: label.clone(), message: e.to_string() };
         let client = builder.build().map_err(fred_error)?;
+        // Events reach us through fred's broadcast channels; a slow reader
+        // loses events when one is full (reported as lag, which triggers a
+        // resync), so the subscriber gets room for bursts. fred allocates
+        // every one of a client's channels at this size up front (about
+        // 1 KiB per slot in all), so only the subscriber gets it.
+        builder.with_performance_config(|p| p.broadcast_channel_capacity = EVENT_QUEUE);
         let subscriber = builder.build_subscriber_client().map_err(fred_error)?;
         client.init().await.map_err(fred_error)?;
         subscriber.init().await.map_err(fred_error)?;
@@ -232,11 +237,8 @@ impl LocalRedis {
             return;
         }
         let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
-        for route in routes.iter() {
-            if route.capture.as_deref().is_some_and(|p| key.starts_with(p)) {
-                route.sink.key_changed(key);
-                return;
-            }
+        if let Some(route) = find_route(&routes, &key) {
+            route.sink.key_changed(key);
         }
     }
 
@@ -262,7 +264,12 @@ impl LocalRedis {
     ) -> Result<(Registration, Option<String>), LocalError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let captures = capture.is_some();
-        self.routes.write().unwrap_or_else(|e| e.into_inner()).push(Route { id, capture, flags: flags.clone(), sink });
+        {
+            let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+            routes.push(Route { id, capture, flags: flags.clone(), sink });
+            // Sorted by prefix (non-capturing routes first) for `find_route`.
+            routes.sort_by(|a, b| a.capture.cmp(&b.capture));
+        }
         let registration = Registration { server: self.clone(), id };
         let warning = match &flags {
             Some(needed) => self.ensure_flags(needed).await?,
@@ -345,6 +352,16 @@ impl LocalRedis {
     }
 }
 
+/// The capturing route whose prefix `key` starts with. Routes are sorted by
+/// prefix and prefixes on one database never overlap (config validation), so
+/// the only candidate is the last route whose prefix sorts at or before the
+/// key: a binary search, whatever the number of links.
+fn find_route<'a>(routes: &'a [Route], key: &[u8]) -> Option<&'a Route> {
+    let after = routes.partition_point(|r| r.capture.as_deref().is_none_or(|p| p <= key));
+    let candidate = routes[..after].last()?;
+    candidate.capture.as_deref().is_some_and(|p| key.starts_with(p)).then_some(candidate)
+}
+
 /// Converts a fred reply into our RESP value (binary strings stay binary).
 fn to_resp(value: fred::types::Value) -> Value {
     use fred::types::Value as F;
@@ -388,5 +405,44 @@ impl LocalServers {
         let server = LocalRedis::connect(url, tls).await?;
         servers.insert(key, Arc::downgrade(&server));
         Ok(server)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl EventSink for Count {
+        fn key_changed(&self, _key: Bytes) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+        fn events_lost(&self, _reason: LostReason) {}
+    }
+
+    #[test]
+    fn events_find_the_one_link_whose_prefix_they_start_with() {
+        let prefixes: Vec<Option<&[u8]>> = vec![None, Some(b"b:"), Some(b"a:"), Some(b"ab"), Some(b"c:x:"), None];
+        let mut routes: Vec<Route> = prefixes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Route {
+                id: i as u64,
+                capture: p.map(<[u8]>::to_vec),
+                flags: None,
+                sink: Arc::new(Count(Default::default())),
+            })
+            .collect();
+        routes.sort_by(|a, b| a.capture.cmp(&b.capture));
+        let found = |key: &[u8]| find_route(&routes, key).and_then(|r| r.capture.clone());
+        assert_eq!(found(b"a:1"), Some(b"a:".to_vec()));
+        assert_eq!(found(b"abc"), Some(b"ab".to_vec()));
+        assert_eq!(found(b"b:"), Some(b"b:".to_vec()));
+        assert_eq!(found(b"c:x:\xff"), Some(b"c:x:".to_vec()));
+        assert_eq!(found(b"c:y"), None);
+        assert_eq!(found(b"a"), None);
+        assert_eq!(found(b""), None);
+        assert_eq!(found(b"zzz"), None);
     }
 }

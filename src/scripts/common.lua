@@ -50,3 +50,8 @@ end
 local function type_of(key)
   return redis.call('TYPE', key)['ok']
 end
+
+-- The resync bucket (0..63) of a key, by its name only, so both sides agree.
+local function bucket_of(key)
+  return tonumber(string.sub(redis.sha1hex(key), 1, 2), 16) % 64
+end

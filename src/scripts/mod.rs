@@ -44,6 +44,7 @@ pub struct Scripts {
     pub write: Script,
     pub stage: Script,
     pub scan: Script,
+    pub buckets: Script,
 }
 
 impl Scripts {
@@ -54,6 +55,7 @@ impl Scripts {
             write: with_common("write", include_str!("write.lua")),
             stage: standalone("stage", include_str!("stage.lua")),
             scan: with_common("scan", include_str!("scan.lua")),
+            buckets: with_common("buckets", include_str!("buckets.lua")),
         })
     }
 }
@@ -255,13 +257,8 @@ impl WriteRecord {
 
 /// Encodes a write batch: (KEYS, ARGV) for `write.lua`.
 pub fn write_args(records: &[WriteRecord], types: &[DataType]) -> (Vec<Bytes>, Vec<Bytes>) {
-    let mut allowed = String::from(",");
-    for ty in types {
-        allowed.push_str(type_name(*ty));
-        allowed.push(',');
-    }
     let mut keys = Vec::with_capacity(records.len());
-    let mut args = vec![Bytes::from(allowed)];
+    let mut args = vec![Bytes::from(allowed_types(types))];
     for record in records {
         keys.push(record.key.clone());
         let expect = record.expect.map(|d| Bytes::from(d.render())).unwrap_or_default();
@@ -344,14 +341,101 @@ pub struct ScanEntry {
     pub digest: Digest,
 }
 
+/// Resync buckets (see `buckets.lua`).
+pub const BUCKETS: usize = 64;
+
+/// Which buckets a detailed scan returns; `None` for all keys.
+pub type BucketMask = Option<[bool; BUCKETS]>;
+
 /// Arguments for one `scan.lua` step.
-pub fn scan_args(cursor: &[u8], pattern: &[u8], count: usize, with_digest: bool) -> Vec<Bytes> {
+pub fn scan_args(cursor: &[u8], pattern: &[u8], count: usize, with_digest: bool, mask: &BucketMask) -> Vec<Bytes> {
+    let mask = match mask {
+        Some(buckets) => Bytes::from(buckets.iter().map(|&on| if on { '1' } else { '0' }).collect::<String>()),
+        None => Bytes::new(),
+    };
     vec![
         Bytes::copy_from_slice(cursor),
         Bytes::copy_from_slice(pattern),
         Bytes::from(count.to_string()),
         Bytes::from_static(if with_digest { b"1" } else { b"0" }),
+        mask,
     ]
+}
+
+/// One namespace's summary by bucket (see `buckets.lua`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BucketSums {
+    /// Keys of replicated types.
+    pub keys: usize,
+    pub words: [u64; BUCKETS],
+}
+
+impl Default for BucketSums {
+    fn default() -> Self {
+        BucketSums { keys: 0, words: [0; BUCKETS] }
+    }
+}
+
+impl BucketSums {
+    /// Adds one step's sums.
+    pub fn add(&mut self, step: &BucketSums) {
+        self.keys += step.keys;
+        for (w, s) in self.words.iter_mut().zip(step.words) {
+            *w ^= s;
+        }
+    }
+
+    /// The buckets where `self` and `other` differ.
+    pub fn differing(&self, other: &BucketSums) -> [bool; BUCKETS] {
+        std::array::from_fn(|b| self.words[b] != other.words[b])
+    }
+}
+
+/// Arguments for one `buckets.lua` step.
+pub fn bucket_args(cursor: &[u8], pattern: &[u8], count: usize, types: &[DataType]) -> Vec<Bytes> {
+    vec![
+        Bytes::copy_from_slice(cursor),
+        Bytes::copy_from_slice(pattern),
+        Bytes::from(count.to_string()),
+        Bytes::from(allowed_types(types)),
+    ]
+}
+
+/// Decodes one `buckets.lua` step: the next cursor and the step's sums.
+pub fn parse_buckets(value: Value) -> Result<(Bytes, BucketSums), ReplyError> {
+    let script = "buckets";
+    let mut fields = Fields { script, items: flat(script, value)?.into_iter() };
+    let cursor = fields.next()?;
+    let keys =
+        usize::try_from(fields.int()?).map_err(|_| ReplyError { script, detail: "negative count".to_string() })?;
+    let mut words = [0u64; BUCKETS];
+    for word in words.iter_mut() {
+        let mut pair = 0u64;
+        for _ in 0..2 {
+            let field = fields.next()?;
+            let half =
+                std::str::from_utf8(&field).ok().and_then(|s| u32::from_str_radix(s, 16).ok()).ok_or_else(|| {
+                    ReplyError {
+                        script,
+                        detail: format!("\"{}\" is not a hex word", crate::resp::printable(&field, 20)),
+                    }
+                })?;
+            pair = pair << 32 | u64::from(half);
+        }
+        *word = pair;
+    }
+    fields.done()?;
+    Ok((cursor, BucketSums { keys, words }))
+}
+
+/// The `,string,hash,` form of a type list the scripts take.
+fn allowed_types(types: &[DataType]) -> String {
+    let mut allowed = String::from(",");
+    for ty in types {
+        allowed.push_str(type_name(*ty));
+        allowed.push(',');
+    }
+    allowed
 }
 
 /// Decodes one `scan.lua` step: the next cursor ("0" when done) and the keys.
@@ -388,6 +472,26 @@ mod tests {
     fn the_staging_script_fits_in_a_url() {
         let encoded = crate::webdis::codec::pct_encoded_len(Scripts::get().stage.source.as_bytes());
         assert!(encoded < 4096, "stage.lua encodes to {encoded} bytes; nginx refuses URLs over ~8 KB");
+    }
+
+    #[test]
+    fn bucket_sums_decode_and_combine() {
+        let mut reply = vec![bulk("0"), bulk("3")];
+        for i in 0..128 {
+            reply.push(bulk(if i == 5 { "0000000a" } else { "00000000" }));
+        }
+        let (cursor, sums) = parse_buckets(Value::Array(reply.clone())).unwrap();
+        assert_eq!((cursor.as_ref(), sums.keys), (&b"0"[..], 3));
+        assert_eq!(sums.words[2], 0x0000_000a_0000_0000, "bucket 2 holds words 5 and 6");
+        let mut total = BucketSums::default();
+        total.add(&sums);
+        total.add(&sums);
+        assert_eq!(total.words[2], 0, "XOR: the same contribution twice cancels");
+        assert_eq!(total.keys, 6);
+        let differing = sums.differing(&BucketSums::default());
+        assert_eq!(differing.iter().filter(|d| **d).count(), 1);
+        reply.pop();
+        assert!(parse_buckets(Value::Array(reply)).is_err());
     }
 
     #[test]
