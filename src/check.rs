@@ -41,16 +41,15 @@ pub fn connect_all(path: &Path, out: &mut dyn Write) -> bool {
     };
     runtime.block_on(async {
         let mut ok = true;
-        let locals = crate::local::LocalServers::default();
         let remotes = crate::remote::RemotePools::new(crate::webdis::ClientOptions {
             request_timeout: std::time::Duration::from_secs(10),
             ..Default::default()
         });
         for link in &loaded.config.links {
-            let local = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-                let server = locals.get(&link.local.url, link.local.tls.as_ref()).await?;
-                server.ping().await
-            })
+            let local = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                crate::local::LocalRedis::probe(&link.local.url, link.local.tls.as_ref()),
+            )
             .await;
             let local_line = match local {
                 Ok(Ok(())) => format!("ok ({})", link.local.url),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::diagnostic::{Diagnostics, context_prefix, describe_path};
-use super::model::{Conflict, DataType, Direction, RawConfig, RawLink, RawLinkSettings, RawTls};
+use super::model::{Conflict, DataType, Direction, RawLink, RawLinkSettings, RawTls};
 use super::runtime::{
     AdminConfig, BasicAuth, Config, DEFAULT_SHUTDOWN_TIMEOUT, Heartbeat, LinkConfig, LocalEndpoint, RedisUrl,
     RemoteEndpoint, Secret, TlsPaths,
@@ -30,48 +30,62 @@ const DEFAULT_MAX_DELETE_FRACTION: f64 = 0.5;
 
 /// Validates a schema-checked tree. `path` is the file as the user named it.
 pub fn validate(root: &Node, path: &Path, now: SystemTime, diags: &mut Diagnostics) -> Option<Config> {
-    let raw: RawConfig = match serde_json::from_value(root.to_json()) {
-        Ok(raw) => raw,
-        Err(e) => {
-            // The schema check normally explains why; say something if it did not.
-            if !diags.has_errors() {
-                diags.error(root.pos, format!("the file does not match the config format: {e}"));
-            }
-            return None;
+    if !matches!(root.value, NodeValue::Map(_)) {
+        if !diags.has_errors() {
+            diags.error(root.pos, "the file must be a mapping with `version` and `links`");
         }
+        return None;
+    }
+    // Part by part, so that a value of the wrong type (reported by the
+    // schema check) only stops the checks of the part it is in.
+    let part = |name: &str| root.get(name).map(Node::to_json).unwrap_or(serde_json::Value::Null);
+    let version: Option<i64> = serde_json::from_value(part("version")).unwrap_or(None);
+    let raw_admin: Option<super::model::RawAdmin> = serde_json::from_value(part("admin")).unwrap_or(None);
+    let raw_shutdown: Option<super::model::DurationText> =
+        serde_json::from_value(part("shutdown_timeout")).unwrap_or(None);
+    let raw_state_dir: Option<String> = serde_json::from_value(part("state_dir")).unwrap_or(None);
+    let link_nodes: Vec<&Node> = match root.get("links").map(|n| &n.value) {
+        Some(NodeValue::Seq(items)) => items.iter().collect(),
+        _ => Vec::new(),
     };
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let v = Validator { root, base_dir, now };
 
-    if raw.version != 1 {
+    if let Some(version) = version
+        && version != 1
+    {
         let pos = v.pos(&[key("version")]);
-        diags.error(pos, format!("`version` must be 1 (this replhub reads version 1 files), got {}", raw.version));
+        diags.error(pos, format!("`version` must be 1 (this replhub reads version 1 files), got {version}"));
     }
-    let admin = raw.admin.as_ref().and_then(|admin| v.admin(&admin.listen, diags));
-    let shutdown_timeout = match &raw.shutdown_timeout {
+    let admin = raw_admin.as_ref().and_then(|admin| v.admin(&admin.listen, diags));
+    let shutdown_timeout = match &raw_shutdown {
         Some(text) => v.duration(&text.0, &[key("shutdown_timeout")], diags).unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
         None => DEFAULT_SHUTDOWN_TIMEOUT,
     };
-    let state_dir = raw.state_dir.as_deref().map(|dir| v.resolve(dir));
+    let state_dir = raw_state_dir.as_deref().map(|dir| v.resolve(dir));
 
     let defaults_node = root.get("defaults").cloned().unwrap_or(Node { pos: root.pos, value: NodeValue::Map(vec![]) });
     let mut links = Vec::new();
+    let mut spaces = Vec::new();
     let mut all_ok = true;
-    for (i, link) in raw.links.iter().enumerate() {
-        let link_path = vec![key("links"), PathSeg::Index(i)];
-        let Some(link_node) = root.at(&link_path) else { continue };
+    for (i, link_node) in link_nodes.iter().enumerate() {
+        let Ok(link) = serde_json::from_value::<RawLink>(link_node.to_json()) else {
+            all_ok = false;
+            continue;
+        };
         let merged = defaults_node.merged_with(link_node);
-        match v.link(i, link, &merged, link_node, diags) {
+        match v.link(i, &link, &merged, link_node, &mut spaces, diags) {
             Some(config) => links.push((i, config)),
             None => all_ok = false,
         }
     }
-    v.unique_names(&raw.links, diags);
-    v.disjoint_namespaces(&links, diags);
-    if raw.links.is_empty() {
+    let names: Vec<Option<&str>> = link_nodes.iter().map(|n| n.get("name").and_then(Node::as_str)).collect();
+    v.unique_names(&names, diags);
+    v.disjoint_namespaces(&spaces, diags);
+    if link_nodes.is_empty() && root.get("links").is_some_and(|n| matches!(n.value, NodeValue::Seq(_))) {
         diags.warning(v.pos(&[key("links")]), "`links` is empty: replhub will run without replicating anything");
     }
-    if diags.has_errors() || !all_ok {
+    if diags.has_errors() || !all_ok || root.get("links").is_none() {
         return None;
     }
     Some(Config {
@@ -81,6 +95,15 @@ pub fn validate(root: &Node, path: &Path, now: SystemTime, diags: &mut Diagnosti
         state_dir,
         links: links.into_iter().map(|(_, l)| Arc::new(l)).collect(),
     })
+}
+
+/// One side of one link's namespace, for the overlap check.
+struct Space {
+    index: usize,
+    name: String,
+    side: &'static str,
+    server: String,
+    prefix: Vec<u8>,
 }
 
 fn key(name: &str) -> PathSeg {
@@ -98,6 +121,7 @@ struct Validator<'a> {
 struct LinkScope<'a> {
     index: usize,
     merged: &'a Node,
+    own: &'a Node,
     prefix: String,
 }
 
@@ -106,6 +130,15 @@ impl LinkScope<'_> {
         let segs: Vec<PathSeg> = path.iter().map(|k| key(k)).collect();
         // Fall back to the nearest ancestor that exists, then to the link itself.
         (0..=segs.len()).rev().find_map(|n| self.merged.at(&segs[..n]).map(|node| node.pos)).unwrap_or(self.merged.pos)
+    }
+    /// For a key that is missing: the nearest ancestor the link itself
+    /// writes, else the link (never a section inherited from `defaults`).
+    fn missing_pos(&self, path: &[&str]) -> Pos {
+        let segs: Vec<PathSeg> = path.iter().map(|k| key(k)).collect();
+        (0..=segs.len()).rev().find_map(|n| self.own.at(&segs[..n]).map(|node| node.pos)).unwrap_or(self.own.pos)
+    }
+    fn missing(&self, diags: &mut Diagnostics, path: &[&str], message: impl AsRef<str>) {
+        diags.error(self.missing_pos(path), format!("{}{}", self.prefix, message.as_ref()));
     }
     fn error(&self, diags: &mut Diagnostics, path: &[&str], message: impl AsRef<str>) {
         diags.error(self.pos(path), format!("{}{}", self.prefix, message.as_ref()));
@@ -150,6 +183,8 @@ impl Validator<'_> {
     fn duration(&self, text: &str, path: &[PathSeg], diags: &mut Diagnostics) -> Option<Duration> {
         match parse_duration(text) {
             Some(d) => Some(d),
+            // Not of the form the schema's pattern allows: the schema check reported it.
+            None if !duration_syntax(text) => None,
             None => {
                 let (context, key) = describe_path(self.root, path);
                 diags.error(
@@ -170,10 +205,11 @@ impl Validator<'_> {
         raw: &RawLink,
         merged: &Node,
         own: &Node,
+        spaces: &mut Vec<Space>,
         diags: &mut Diagnostics,
     ) -> Option<LinkConfig> {
         let (context, _) = describe_path(self.root, &[key("links"), PathSeg::Index(index)]);
-        let scope = LinkScope { index, merged, prefix: context_prefix(&context) };
+        let scope = LinkScope { index, merged, own, prefix: context_prefix(&context) };
         let errors_before = diags.errors().count();
         let s: RawLinkSettings = match serde_json::from_value(merged.to_json()) {
             Ok(RawLink { settings, .. }) => settings,
@@ -198,6 +234,16 @@ impl Validator<'_> {
         let remote =
             self.remote(&scope, s.remote.clone().unwrap_or_default(), local.as_ref().map(|l| l.prefix.clone()), diags);
 
+        if let Some(l) = &local {
+            let (host, port) = l.url.server_key();
+            let server = format!("{host}:{port} db {}", l.url.db);
+            spaces.push(Space { index, name: raw.name.clone(), side: "local", server, prefix: l.prefix.clone() });
+        }
+        if let Some(r) = &remote {
+            let (url, db) = r.server_key();
+            let server = format!("{url} db {db}");
+            spaces.push(Space { index, name: raw.name.clone(), side: "remote", server, prefix: r.prefix.clone() });
+        }
         let mut types: Vec<DataType> = s
             .types
             .clone()
@@ -346,7 +392,7 @@ impl Validator<'_> {
         let tls = match (&url, raw.tls) {
             (Some(_), Some(tls)) if https => Some(self.tls_files(scope, &["remote", "tls"], &tls, true, diags)),
             (Some(_), None) if https => {
-                scope.error(
+                scope.missing(
                     diags,
                     &["remote"],
                     "`remote.tls` is missing; https:// remotes need `ca`, `cert` and `key` (mutual TLS)",
@@ -412,7 +458,7 @@ impl Validator<'_> {
     ) -> Option<Vec<u8>> {
         let shown = path.join(".");
         let Some(prefix) = prefix else {
-            scope.error(
+            scope.missing(
                 diags,
                 &path[..1],
                 format!("`{shown}` is missing; every link replicates one namespace, e.g. prefix: \"app:\""),
@@ -492,20 +538,21 @@ impl Validator<'_> {
         }
     }
 
-    fn unique_names(&self, links: &[RawLink], diags: &mut Diagnostics) {
+    fn unique_names(&self, names: &[Option<&str>], diags: &mut Diagnostics) {
         let mut first_seen: HashMap<&str, usize> = HashMap::new();
-        for (i, link) in links.iter().enumerate() {
+        for (i, name) in names.iter().enumerate() {
+            let Some(name) = name else { continue };
             let name_path = [key("links"), PathSeg::Index(i), key("name")];
-            match first_seen.get(link.name.as_str()) {
+            match first_seen.get(name) {
                 Some(first) => {
                     let first_line = self.pos(&[key("links"), PathSeg::Index(*first), key("name")]).line;
                     diags.error(
                         self.pos(&name_path),
-                        format!("link `{}`: duplicate link name (first used on line {first_line}); link names must be unique", link.name),
+                        format!("link `{name}`: duplicate link name (first used on line {first_line}); link names must be unique"),
                     );
                 }
                 None => {
-                    first_seen.insert(&link.name, i);
+                    first_seen.insert(name, i);
                 }
             }
         }
@@ -513,41 +560,31 @@ impl Validator<'_> {
 
     /// Two links whose namespaces overlap on the same Redis database would
     /// copy each other's keys; refuse that on either side.
-    fn disjoint_namespaces(&self, links: &[(usize, LinkConfig)], diags: &mut Diagnostics) {
-        // (server and database, side) → (link index, link, prefix)
-        type Side = (String, &'static str);
-        type Member<'a> = (usize, &'a LinkConfig, &'a [u8]);
-        let mut groups: HashMap<Side, Vec<Member<'_>>> = HashMap::new();
-        for (i, link) in links {
-            let (host, port) = link.local.url.server_key();
-            let local = (format!("{host}:{port} db {}", link.local.url.db), "local");
-            groups.entry(local).or_default().push((*i, link, &link.local.prefix));
-            let (url, db) = link.remote.server_key();
-            groups.entry((format!("{url} db {db}"), "remote")).or_default().push((*i, link, &link.remote.prefix));
+    fn disjoint_namespaces(&self, spaces: &[Space], diags: &mut Diagnostics) {
+        let mut groups: HashMap<(&str, &str), Vec<&Space>> = HashMap::new();
+        for space in spaces {
+            groups.entry((space.server.as_str(), space.side)).or_default().push(space);
         }
         let mut sides: Vec<_> = groups.into_iter().collect();
         sides.sort_by(|a, b| a.0.cmp(&b.0));
         for ((server, side), mut members) in sides {
-            members.sort_by(|a, b| a.2.cmp(b.2));
-            for (n, (_, first, first_prefix)) in members.iter().enumerate() {
-                for (later_index, later, later_prefix) in &members[n + 1..] {
-                    if !later_prefix.starts_with(first_prefix) {
+            members.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+            for (n, first) in members.iter().enumerate() {
+                for later in &members[n + 1..] {
+                    if !later.prefix.starts_with(&first.prefix) {
                         break;
                     }
-                    let pos = self.pos(&[key("links"), PathSeg::Index(*later_index), key(side), key("prefix")]);
-                    let pos = if pos == self.root.pos {
-                        self.pos(&[key("links"), PathSeg::Index(*later_index)])
-                    } else {
-                        pos
-                    };
+                    let pos = self.pos(&[key("links"), PathSeg::Index(later.index), key(side), key("prefix")]);
+                    let pos =
+                        if pos == self.root.pos { self.pos(&[key("links"), PathSeg::Index(later.index)]) } else { pos };
                     diags.error(
                         pos,
                         format!(
                             "link `{}`: `{side}.prefix` \"{}\" overlaps link `{}`'s \"{}\" on the same Redis ({server}); namespaces of links on one database must not overlap",
                             later.name,
-                            String::from_utf8_lossy(later_prefix).escape_debug(),
+                            String::from_utf8_lossy(&later.prefix).escape_debug(),
                             first.name,
-                            String::from_utf8_lossy(first_prefix).escape_debug(),
+                            String::from_utf8_lossy(&first.prefix).escape_debug(),
                         ),
                     );
                 }
@@ -565,6 +602,29 @@ fn scope_path(index: usize, keys: &[&str]) -> Vec<PathSeg> {
 /// `[A-Za-z0-9_.-]{1,64}`
 pub fn valid_link_name(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+/// `^([0-9]+(ms|s|m|h))+$`, the pattern of `DurationText` in the schema.
+fn duration_syntax(text: &str) -> bool {
+    let mut rest = text;
+    if rest.is_empty() {
+        return false;
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return false;
+        }
+        rest = &rest[digits..];
+        rest = if let Some(r) = rest.strip_prefix("ms") {
+            r
+        } else if let Some(r) = rest.strip_prefix(['s', 'm', 'h']) {
+            r
+        } else {
+            return false;
+        };
+    }
+    true
 }
 
 /// "500ms", "15s", "10m", "1h", "1m30s".

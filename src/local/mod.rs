@@ -191,6 +191,45 @@ impl LocalRedis {
         Ok(server)
     }
 
+    /// One connection attempt and a PING, for `check --connect`: no
+    /// reconnect policy, so a refused or failed connection is an error at once.
+    pub async fn probe(url: &RedisUrl, tls: Option<&TlsPaths>) -> Result<(), LocalError> {
+        let label = url.to_string();
+        let mut config = FredConfig {
+            server: ServerConfig::new_centralized(url.host.clone(), url.port),
+            username: url.username.clone(),
+            password: url.password.as_ref().map(|p| p.expose().to_string()),
+            database: Some(url.db as u8),
+            fail_fast: true,
+            ..FredConfig::default()
+        };
+        if url.tls {
+            let paths = tls.cloned().unwrap_or(TlsPaths { ca: None, cert: None, key: None });
+            let (material, _) =
+                load_client_tls(&paths, std::time::SystemTime::now()).map_err(|problems| LocalError::Setup {
+                    server: label.clone(),
+                    message: problems.into_iter().map(|p| p.message).collect::<Vec<_>>().join("; "),
+                })?;
+            let rustls = crate::tls::client_config(material)
+                .map_err(|e| LocalError::Setup { server: label.clone(), message: e.to_string() })?;
+            config.tls = Some(fred::types::config::TlsConnector::from(rustls).into());
+        }
+        let fred_error =
+            |e: fred::error::Error| LocalError::Connection { server: label.clone(), message: e.to_string() };
+        let client = Builder::from_config(config)
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_secs(5);
+                c.internal_command_timeout = Duration::from_secs(5);
+            })
+            .build()
+            .map_err(fred_error)?;
+        client.init().await.map_err(fred_error)?;
+        let ping: Result<fred::types::Value, _> =
+            client.custom(fred::cmd!("PING"), Vec::<fred::types::Value>::new()).await;
+        let _ = client.quit().await;
+        ping.map(drop).map_err(fred_error)
+    }
+
     /// Background tasks: event routing, and flags + resync after reconnects.
     /// They hold only a weak reference, so the server closes when its last link goes.
     fn start_watchers(self: &Arc<Self>) {
@@ -237,8 +276,11 @@ impl LocalRedis {
             return;
         }
         let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(route) = find_route(&routes, &key) {
-            route.sink.key_changed(key);
+        for route in routes.iter() {
+            if route.capture.as_deref().is_some_and(|p| key.starts_with(p)) {
+                route.sink.key_changed(key);
+                return;
+            }
         }
     }
 
@@ -264,12 +306,7 @@ impl LocalRedis {
     ) -> Result<(Registration, Option<String>), LocalError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let captures = capture.is_some();
-        {
-            let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
-            routes.push(Route { id, capture, flags: flags.clone(), sink });
-            // Sorted by prefix (non-capturing routes first) for `find_route`.
-            routes.sort_by(|a, b| a.capture.cmp(&b.capture));
-        }
+        self.routes.write().unwrap_or_else(|e| e.into_inner()).push(Route { id, capture, flags: flags.clone(), sink });
         let registration = Registration { server: self.clone(), id };
         let warning = match &flags {
             Some(needed) => self.ensure_flags(needed).await?,
@@ -352,16 +389,6 @@ impl LocalRedis {
     }
 }
 
-/// The capturing route whose prefix `key` starts with. Routes are sorted by
-/// prefix and prefixes on one database never overlap (config validation), so
-/// the only candidate is the last route whose prefix sorts at or before the
-/// key: a binary search, whatever the number of links.
-fn find_route<'a>(routes: &'a [Route], key: &[u8]) -> Option<&'a Route> {
-    let after = routes.partition_point(|r| r.capture.as_deref().is_none_or(|p| p <= key));
-    let candidate = routes[..after].last()?;
-    candidate.capture.as_deref().is_some_and(|p| key.starts_with(p)).then_some(candidate)
-}
-
 /// Converts a fred reply into our RESP value (binary strings stay binary).
 fn to_resp(value: fred::types::Value) -> Value {
     use fred::types::Value as F;
@@ -405,44 +432,5 @@ impl LocalServers {
         let server = LocalRedis::connect(url, tls).await?;
         servers.insert(key, Arc::downgrade(&server));
         Ok(server)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    struct Count(std::sync::atomic::AtomicUsize);
-
-    impl EventSink for Count {
-        fn key_changed(&self, _key: Bytes) {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-        fn events_lost(&self, _reason: LostReason) {}
-    }
-
-    #[test]
-    fn events_find_the_one_link_whose_prefix_they_start_with() {
-        let prefixes: Vec<Option<&[u8]>> = vec![None, Some(b"b:"), Some(b"a:"), Some(b"ab"), Some(b"c:x:"), None];
-        let mut routes: Vec<Route> = prefixes
-            .iter()
-            .enumerate()
-            .map(|(i, p)| Route {
-                id: i as u64,
-                capture: p.map(<[u8]>::to_vec),
-                flags: None,
-                sink: Arc::new(Count(Default::default())),
-            })
-            .collect();
-        routes.sort_by(|a, b| a.capture.cmp(&b.capture));
-        let found = |key: &[u8]| find_route(&routes, key).and_then(|r| r.capture.clone());
-        assert_eq!(found(b"a:1"), Some(b"a:".to_vec()));
-        assert_eq!(found(b"abc"), Some(b"ab".to_vec()));
-        assert_eq!(found(b"b:"), Some(b"b:".to_vec()));
-        assert_eq!(found(b"c:x:\xff"), Some(b"c:x:".to_vec()));
-        assert_eq!(found(b"c:y"), None);
-        assert_eq!(found(b"a"), None);
-        assert_eq!(found(b""), None);
-        assert_eq!(found(b"zzz"), None);
     }
 }

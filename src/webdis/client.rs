@@ -178,9 +178,20 @@ impl WebdisClient {
 
     /// Runs one command and returns its RESP reply; a Redis error reply is an `Err`.
     pub async fn command<A: AsRef<[u8]>>(&self, command: &str, args: &[A]) -> Result<Value, WebdisError> {
+        self.command_within(command, args, self.options.request_timeout).await
+    }
+
+    /// Like [`command`](Self::command) with its own deadline, for small
+    /// commands that must not wait as long as a transfer of a large value may.
+    pub async fn command_within<A: AsRef<[u8]>>(
+        &self,
+        command: &str,
+        args: &[A],
+        timeout: Duration,
+    ) -> Result<Value, WebdisError> {
         let body = codec::command_body(command, args);
         let path = self.base.path().to_string();
-        self.request(Method::POST, &path, Bytes::from(body), command).await
+        self.request(Method::POST, &path, Bytes::from(body), command, timeout).await
     }
 
     /// Runs `command` with `url_args` in the URL and `last_arg` as the raw
@@ -193,12 +204,18 @@ impl WebdisClient {
         last_arg: Bytes,
     ) -> Result<Value, WebdisError> {
         let path = codec::put_path(self.base.path(), command, url_args);
-        self.request(Method::PUT, &path, last_arg, command).await
+        self.request(Method::PUT, &path, last_arg, command, self.options.request_timeout).await
     }
 
-    async fn request(&self, method: Method, path: &str, body: Bytes, command: &str) -> Result<Value, WebdisError> {
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<Value, WebdisError> {
         let _permit = self.limiter.acquire().await.map_err(|_| self.malformed(command, "client shut down"))?;
-        let timeout = self.options.request_timeout;
         let exchange = async {
             let response = self.send(method, path, body, command).await?;
             let status = response.status();
@@ -333,10 +350,15 @@ impl WebdisClient {
         let endpoint = self.endpoint().to_string();
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
         while let Some(e) = source {
-            if let Some(io) = e.downcast_ref::<std::io::Error>()
-                && let Some(tls) = io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            {
-                return WebdisError::Tls { endpoint, detail: describe_tls_error(tls) };
+            // hyper-rustls wraps tokio-rustls's io::Error (which holds the
+            // rustls::Error) in another io::Error: look through every layer.
+            let mut io = e.downcast_ref::<std::io::Error>();
+            while let Some(layer) = io {
+                let inner = layer.get_ref();
+                if let Some(tls) = inner.and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                    return WebdisError::Tls { endpoint, detail: describe_tls_error(tls) };
+                }
+                io = inner.and_then(|i| i.downcast_ref::<std::io::Error>());
             }
             if let Some(tls) = e.downcast_ref::<rustls::Error>() {
                 return WebdisError::Tls { endpoint, detail: describe_tls_error(tls) };
