@@ -30,7 +30,9 @@ fn main() -> ExitCode {
         ["pki", dir] => write_pki(Path::new(dir)),
         ["up"] => up(false),
         ["up", "--demo"] => up(true),
-        ["install"] => support::install::ensure_installed().map(|programs| println!("test stack programs: {programs:?}")),
+        ["install"] => {
+            support::install::ensure_installed().map(|programs| println!("test stack programs: {programs:?}"))
+        }
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);

@@ -16,6 +16,7 @@ mod reference;
 use std::time::{Duration, Instant};
 
 use replhub::resp::Value;
+use support::faults::rss_mib;
 use support::hub::{Hub, LinkSpec, config_yaml, metric_value};
 use support::redis::RedisConn;
 use support::stack::{Stack, StackOptions};
@@ -383,17 +384,6 @@ fn client_count(conn: &mut RedisConn) -> usize {
         Value::Bulk(text) => text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count(),
         _ => 0,
     }
-}
-
-/// Resident memory of a process, MiB.
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map(|kib| kib / 1024.0)
-        .unwrap_or(0.0)
 }
 
 /// Established TCP connections of `pid` to 127.0.0.1:`port`.

@@ -16,14 +16,18 @@
 //! - [`https`]: requests through nginx with a chosen client certificate (curl).
 //! - [`stack`]: the whole stack in a fresh temporary directory.
 //! - [`hub`]: a `replhub run` process under test and the configs it gets.
+//! - [`faults`]: the fault matrix (writers on both sides, faults, convergence).
+//! - [`proxy`]: misbehaving remotes (a delaying proxy, a garbage server).
 
-pub mod hub;
+pub mod faults;
 pub mod https;
+pub mod hub;
 pub mod install;
 pub mod nginx;
 pub mod pki;
 pub mod ports;
 pub mod procs;
+pub mod proxy;
 pub mod redis;
 pub mod stack;
 pub mod webdis;

@@ -13,3 +13,4 @@ mod engine_tests;
 mod both_tests;
 mod reload_tests;
 mod admin_tests;
+mod fault_tests;

@@ -26,6 +26,9 @@ use crate::notify_flags;
 use crate::webdis::codec::glob_escape;
 use crate::webdis::stream::StreamMessage;
 
+/// Deadline of the small CONFIG commands on the remote.
+const CONFIG_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Receives local events for one link (weakly, so a stopped link is freed).
 struct LocalSink {
     link: Weak<Link>,
@@ -91,7 +94,7 @@ impl Link {
     async fn ensure_remote_flags(&self) {
         let Some(needed) = notify_flags::remote_needed(self.config.direction) else { return };
         let client = self.remote_pool.client();
-        let current = match client.command("CONFIG", &["GET", "notify-keyspace-events"]).await {
+        let current = match client.command_within("CONFIG", &["GET", "notify-keyspace-events"], CONFIG_TIMEOUT).await {
             Ok(crate::resp::Value::Array(items)) => items
                 .get(1)
                 .and_then(|v| v.as_bytes())
@@ -110,7 +113,10 @@ impl Link {
             }
         };
         if let Some(flags) = notify_flags::merged(&current, &needed) {
-            match client.command("CONFIG", &["SET", "notify-keyspace-events", flags.as_str()]).await {
+            match client
+                .command_within("CONFIG", &["SET", "notify-keyspace-events", flags.as_str()], CONFIG_TIMEOUT)
+                .await
+            {
                 Ok(_) => tracing::info!(from = %current, to = %flags, "enabled keyspace notifications on the remote"),
                 Err(error) => tracing::warn!(
                     %error,
@@ -126,7 +132,7 @@ impl Link {
         let stamp = super::base::now_ms().to_string();
         let ttl_ms = ttl.as_millis().to_string();
         let args: [&[u8]; 5] = [script.as_bytes(), b"1", key, stamp.as_bytes(), ttl_ms.as_bytes()];
-        self.remote_pool.client().command("EVAL", &args).await.map(|_| ())
+        self.remote_pool.client().command_within("EVAL", &args, ttl / 2).await.map(|_| ())
     }
 }
 

@@ -40,21 +40,29 @@ type Batch = Vec<(Bytes, Instant)>;
 pub(super) async fn run_copier(link: Arc<Link>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
     let mut running = tokio::task::JoinSet::new();
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-    let mut failing = false;
+    let mut health = CopyHealth::new();
     loop {
         while let Some(done) = running.try_join_next() {
-            record_result(&link, done.ok(), &mut backoff, &mut failing).await;
+            health.record(&link, done.ok());
         }
         let stopping = link.cancel.is_cancelled();
-        let batch = link.lock_dirty().take(BATCH_KEYS);
+        // After a failure, no new batch starts before the backoff ends (results keep being collected).
+        let paused_until = health.retry_at.filter(|at| *at > tokio::time::Instant::now() && !stopping);
+        let batch = if paused_until.is_some() { Vec::new() } else { link.lock_dirty().take(BATCH_KEYS) };
         if batch.is_empty() {
             if stopping && running.is_empty() {
                 return;
             }
+            let pause = async {
+                match paused_until {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = link.wake.notified() => {}
-                done = running.join_next(), if !running.is_empty() => record_result(&link, done.and_then(Result::ok), &mut backoff, &mut failing).await,
+                _ = link.wake.notified(), if paused_until.is_none() => {}
+                _ = pause => {}
+                done = running.join_next(), if !running.is_empty() => health.record(&link, done.and_then(Result::ok)),
                 _ = link.cancel.cancelled(), if !stopping => {}
             }
             continue;
@@ -73,23 +81,45 @@ pub(super) async fn run_copier(link: Arc<Link>) {
     }
 }
 
-/// Accounts for a finished batch; after a failure, waits before the next one.
-async fn record_result(link: &Link, result: Option<Result<(), SideError>>, backoff: &mut Backoff, failing: &mut bool) {
-    match result {
-        Some(Ok(())) | None => {
-            if *failing {
-                *failing = false;
-                backoff.reset();
-                link.status.set_copy_ok(true, None);
-            }
+/// Whether copies succeed, and when to try again after a failure.
+struct CopyHealth {
+    backoff: Backoff,
+    failing: bool,
+    /// No new batch before this instant.
+    retry_at: Option<tokio::time::Instant>,
+}
+
+impl CopyHealth {
+    fn new() -> Self {
+        CopyHealth {
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
+            failing: false,
+            retry_at: None,
         }
-        Some(Err(error)) => {
-            link.count_error(error.kind());
-            tracing::warn!(%error, "copy failed; the keys will be retried");
-            *failing = true;
-            link.status.set_copy_ok(false, Some(error.to_string()));
-            if !link.cancel.is_cancelled() {
-                link.sleep(backoff.next_delay()).await;
+    }
+
+    /// Accounts for a finished batch. A failure starts a backoff window
+    /// unless one is already running: batches that were in flight together
+    /// fail together, and must not add up to one long wait.
+    fn record(&mut self, link: &Link, result: Option<Result<(), SideError>>) {
+        match result {
+            Some(Ok(())) | None => {
+                if self.failing {
+                    self.failing = false;
+                    self.backoff.reset();
+                    self.retry_at = None;
+                    link.status.set_copy_ok(true, None);
+                }
+            }
+            Some(Err(error)) => {
+                link.count_error(error.kind());
+                let now = tokio::time::Instant::now();
+                if self.retry_at.is_none_or(|at| at <= now) {
+                    tracing::warn!(%error, "copy failed; the keys will be retried");
+                    self.retry_at = Some(now + self.backoff.next_delay());
+                }
+                self.failing = true;
+                link.status.set_copy_ok(false, Some(error.to_string()));
             }
         }
     }

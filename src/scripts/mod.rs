@@ -482,7 +482,7 @@ mod tests {
         }
         let (cursor, sums) = parse_buckets(Value::Array(reply.clone())).unwrap();
         assert_eq!((cursor.as_ref(), sums.keys), (&b"0"[..], 3));
-        assert_eq!(sums.words[2], 0x0000_000a_0000_0000, "bucket 2 holds words 5 and 6");
+        assert_eq!(sums.words[2], 0xa, "bucket 2 holds words 4 and 5 (its low half is word 5)");
         let mut total = BucketSums::default();
         total.add(&sums);
         total.add(&sums);
