@@ -221,3 +221,25 @@ fn a_delete_made_while_the_hub_was_down_is_replicated_not_undone() {
     assert!(local.get("sh:3").is_none(), "the key must not come back locally");
     assert_eq!(remote.keys("site:sh:*").len(), 9);
 }
+
+#[test]
+fn notifications_switched_off_on_the_remote_are_noticed_and_switched_back_on() {
+    let stack = Stack::start(StackOptions::default());
+    let port = Hub::admin_port();
+    let links = [LinkSpec::new("pull", "pull", "n:")];
+    let hub = Hub::start_ready(stack.dir(), &config_yaml(&stack, port, &links), port);
+    let mut remote = stack.remote().conn();
+    // As after a restart of a Redis whose flags were set at run time.
+    remote.cmd(&[b"CONFIG", b"SET", b"notify-keyspace-events", b""]);
+    remote.set("n:while-off", "1");
+    // The stream stays open and the probe still reaches it, but no keyspace
+    // event arrives: the heartbeat times out (3 s in tests), the link
+    // reconnects, sets the flags again and resyncs.
+    let mut local = stack.local().conn();
+    let arrived = poll_until(Duration::from_secs(20), || local.get("n:while-off"));
+    assert!(arrived.is_some(), "{}", hub.log_tail(40));
+    assert!(remote.config_get("notify-keyspace-events").contains('K'), "the flags must be back");
+    assert!(hub.metric("replhub_resyncs_total{link=\"pull\",reason=\"heartbeat\"}").unwrap_or(0.0) >= 1.0);
+    remote.set("n:after", "2");
+    assert!(poll_until(Duration::from_secs(10), || local.get("n:after")).is_some(), "events flow again");
+}

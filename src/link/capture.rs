@@ -26,6 +26,13 @@ use crate::notify_flags;
 use crate::webdis::codec::glob_escape;
 use crate::webdis::stream::StreamMessage;
 
+/// Longest wait for the response head of a PSUBSCRIBE.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The payload of the heartbeat's PUBLISH probe (a real keyspace event's
+/// payload is an event name such as `set`).
+const PROBE: &[u8] = b"replhub-probe";
+
 /// Deadline of the small CONFIG commands on the remote.
 const CONFIG_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -90,49 +97,60 @@ impl Link {
         Bytes::from(format!("__replhub__:hb:{}:{}", self.config.name, std::process::id()))
     }
 
-    /// Makes sure the remote has the flags this link needs; warns when CONFIG is refused.
+    /// Makes sure the remote has the flags this link needs. When CONFIG is
+    /// refused (or the remote is down) it says so once per link, not at
+    /// every reconnect attempt.
     async fn ensure_remote_flags(&self) {
         let Some(needed) = notify_flags::remote_needed(self.config.direction) else { return };
         let client = self.remote_pool.client();
-        let current = match client.command_within("CONFIG", &["GET", "notify-keyspace-events"], CONFIG_TIMEOUT).await {
-            Ok(crate::resp::Value::Array(items)) => items
-                .get(1)
-                .and_then(|v| v.as_bytes())
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default(),
-            Ok(other) => {
-                tracing::warn!(reply = %other.describe(), "unexpected reply to CONFIG GET notify-keyspace-events on the remote");
-                return;
+        let problem = match client.command_within("CONFIG", &["GET", "notify-keyspace-events"], CONFIG_TIMEOUT).await {
+            Ok(crate::resp::Value::Array(items)) => {
+                let current = items
+                    .get(1)
+                    .and_then(|v| v.as_bytes())
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                match notify_flags::merged(&current, &needed) {
+                    None => None,
+                    Some(flags) => match client
+                        .command_within("CONFIG", &["SET", "notify-keyspace-events", flags.as_str()], CONFIG_TIMEOUT)
+                        .await
+                    {
+                        Ok(_) => {
+                            tracing::info!(from = %current, to = %flags, "enabled keyspace notifications on the remote");
+                            None
+                        }
+                        Err(error) => Some(format!("cannot set the remote's notify-keyspace-events ({error})")),
+                    },
+                }
             }
-            Err(error) => {
-                tracing::warn!(
-                    %error,
-                    "cannot read the remote's notify-keyspace-events; the remote Redis must have at least the flags \"{needed}\" (set them in its redis.conf); the heartbeat will tell if events arrive"
-                );
-                return;
-            }
+            Ok(other) => Some(format!("unexpected reply to CONFIG GET notify-keyspace-events: {}", other.describe())),
+            Err(error) => Some(format!("cannot read the remote's notify-keyspace-events ({error})")),
         };
-        if let Some(flags) = notify_flags::merged(&current, &needed) {
-            match client
-                .command_within("CONFIG", &["SET", "notify-keyspace-events", flags.as_str()], CONFIG_TIMEOUT)
-                .await
-            {
-                Ok(_) => tracing::info!(from = %current, to = %flags, "enabled keyspace notifications on the remote"),
-                Err(error) => tracing::warn!(
-                    %error,
-                    "cannot set the remote's notify-keyspace-events; the remote Redis must have at least the flags \"{needed}\""
-                ),
-            }
+        match problem {
+            Some(problem) if !self.flags_warned.swap(true, std::sync::atomic::Ordering::Relaxed) => tracing::warn!(
+                "{problem}; the remote Redis must have at least the flags \"{needed}\" (e.g. in its redis.conf); the heartbeat shows whether events arrive"
+            ),
+            Some(problem) => tracing::debug!("{problem}"),
+            None => {}
         }
     }
 
     /// Writes the heartbeat key through Webdis (EVAL, which a safe ACL allows).
-    async fn beat(&self, key: &Bytes, ttl: Duration) -> Result<(), crate::webdis::WebdisError> {
-        let script = "return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])";
+    /// Writes the heartbeat key and, in the same script, PUBLISHes a probe
+    /// on the key's own keyspace channel. The probe is not the heartbeat
+    /// (only the real keyspace event proves that notifications are on), but
+    /// PUBLISH says how many subscribers got it: 0 means this stream's
+    /// subscription is gone from the remote Redis (it restarted, or dropped
+    /// Webdis's pub/sub connection) although the stream stays open, silent.
+    async fn beat(&self, key: &Bytes, channel: &Bytes, ttl: Duration) -> Result<i64, crate::webdis::WebdisError> {
+        let script =
+            "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return redis.call('PUBLISH', ARGV[3], ARGV[4])";
         let stamp = super::base::now_ms().to_string();
         let ttl_ms = ttl.as_millis().to_string();
-        let args: [&[u8]; 5] = [script.as_bytes(), b"1", key, stamp.as_bytes(), ttl_ms.as_bytes()];
-        self.remote_pool.client().command_within("EVAL", &args, ttl / 2).await.map(|_| ())
+        let args: [&[u8]; 7] = [script.as_bytes(), b"1", key, stamp.as_bytes(), ttl_ms.as_bytes(), channel, PROBE];
+        let reply = self.remote_pool.client().command_within("EVAL", &args, ttl / 2).await?;
+        Ok(reply.as_integer().unwrap_or(0))
     }
 }
 
@@ -190,7 +208,9 @@ async fn stream_once(link: &Arc<Link>, resync_reason: ResyncReason) -> StreamEnd
     let pool_generation = link.remote_pool.generation();
     let client = link.remote_pool.client();
     let patterns = [namespace, hb_pattern];
-    let subscribe = client.subscribe(&patterns, heartbeat.timeout);
+    // Response headers come within milliseconds from a working Webdis; one
+    // that got the request while its Redis was unreachable never answers.
+    let subscribe = client.subscribe(&patterns, heartbeat.timeout.min(SUBSCRIBE_TIMEOUT));
     let mut stream = tokio::select! {
         result = subscribe => match result {
             Ok(stream) => stream,
@@ -210,8 +230,10 @@ async fn stream_once(link: &Arc<Link>, resync_reason: ResyncReason) -> StreamEnd
         let deadline = last_beat.unwrap_or(started) + heartbeat.timeout;
         tokio::select! {
             message = stream.next_message() => match message {
-                Ok(StreamMessage::Event { channel, .. }) => {
-                    if channel == hb_channel {
+                Ok(StreamMessage::Event { channel, payload, .. }) => {
+                    if channel == hb_channel && payload.as_ref() == PROBE {
+                        // Only proves the subscription exists; see `beat`.
+                    } else if channel == hb_channel {
                         if last_beat.is_none() {
                             link.note_stream_confirmed();
                             link.status.set_stream_ok(true, None);
@@ -232,9 +254,23 @@ async fn stream_once(link: &Arc<Link>, resync_reason: ResyncReason) -> StreamEnd
                 if link.remote_pool.generation() != pool_generation {
                     return StreamEnd::Reconnect(ResyncReason::Reconnect, "the client certificate changed; re-establishing the stream".to_string());
                 }
-                if let Err(error) = link.beat(&hb_key, heartbeat.timeout * 2).await {
-                    link.count_error(error.kind());
-                    link.status.record_error(format!("heartbeat write failed: {error}"));
+                // A heartbeat the remote refuses will not come back on the
+                // stream either, and whatever broke (Webdis or its Redis
+                // restarting) has most likely left the stream silent: start
+                // over at once rather than wait for the heartbeat timeout.
+                match link.beat(&hb_key, &hb_channel, heartbeat.timeout * 2).await {
+                    Ok(0) => {
+                        link.count_error("heartbeat_unsubscribed");
+                        return StreamEnd::Reconnect(
+                            ResyncReason::Heartbeat,
+                            "the remote Redis no longer has this stream's subscription (it restarted or dropped Webdis's pub/sub connection)".to_string(),
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        link.count_error(error.kind());
+                        return StreamEnd::Reconnect(ResyncReason::Heartbeat, format!("the heartbeat write failed: {error}"));
+                    }
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {

@@ -110,6 +110,8 @@ pub(crate) struct Link {
     warned_types: Mutex<std::collections::HashSet<String>>,
     /// When the remote stream last proved itself (first heartbeat of a stream).
     stream_confirmed: Mutex<Option<tokio::time::Instant>>,
+    /// The remote's notification flags could not be checked, and a warning said so.
+    flags_warned: std::sync::atomic::AtomicBool,
 }
 
 impl Link {
@@ -277,6 +279,7 @@ async fn run(config: Arc<LinkConfig>, res: Arc<Resources>, status: Arc<LinkStatu
         cancel: cancel.child_token(),
         warned_types: Mutex::new(Default::default()),
         stream_confirmed: Mutex::new(None),
+        flags_warned: Default::default(),
     });
     if config.direction == Direction::Both {
         link.load_base();
