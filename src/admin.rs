@@ -20,6 +20,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::supervisor::HubState;
 
+/// An admin address bound but not served yet: connections wait in the
+/// backlog until [`AdminServer::serve`]. Binding first lets a reload refuse an
+/// unusable address before it changes anything.
+pub struct BoundAdmin {
+    configured: SocketAddr,
+    listener: TcpListener,
+}
+
+impl BoundAdmin {
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<BoundAdmin> {
+        Ok(BoundAdmin { configured: addr, listener: TcpListener::bind(addr).await? })
+    }
+}
+
 /// A running admin server; dropping the handle does not stop it, `stop` does.
 pub struct AdminServer {
     /// The address from the config.
@@ -33,8 +47,13 @@ pub struct AdminServer {
 impl AdminServer {
     /// Binds `addr` and serves until stopped.
     pub async fn start(addr: SocketAddr, state: Arc<HubState>) -> std::io::Result<AdminServer> {
-        let listener = TcpListener::bind(addr).await?;
-        let (configured, addr) = (addr, listener.local_addr()?);
+        AdminServer::serve(BoundAdmin::bind(addr).await?, state)
+    }
+
+    /// Serves a bound address until stopped.
+    pub fn serve(bound: BoundAdmin, state: Arc<HubState>) -> std::io::Result<AdminServer> {
+        let BoundAdmin { configured, listener } = bound;
+        let addr = listener.local_addr()?;
         let cancel = CancellationToken::new();
         let task = tokio::spawn(serve(listener, state, cancel.clone()));
         tracing::info!(%addr, "admin server listening");

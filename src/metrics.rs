@@ -111,6 +111,8 @@ pub struct Metrics {
     pub dirty_keys: Family<LinkDirection, Gauge>,
     pub cert_expiry: Family<LinkLabel, Gauge>,
     pub build_info: Family<VersionLabel, Gauge>,
+    /// The `kind`s counted in `errors` per link, so a removed link's series can be removed.
+    error_kinds: std::sync::Mutex<std::collections::HashMap<String, std::collections::BTreeSet<&'static str>>>,
 }
 
 impl Default for Metrics {
@@ -135,6 +137,7 @@ impl Metrics {
             dirty_keys: Family::default(),
             cert_expiry: Family::default(),
             build_info: Family::default(),
+            error_kinds: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -203,8 +206,18 @@ impl Metrics {
         }
     }
 
+    /// Counts an error of `kind` for `link`.
+    pub fn count_error(&self, link: &str, kind: &'static str) {
+        self.error_kinds.lock().unwrap_or_else(|e| e.into_inner()).entry(link.to_string()).or_default().insert(kind);
+        self.errors.get_or_create(&LinkKind { link: link.to_string(), kind }).inc();
+    }
+
     /// Removes a link's series (it is no longer configured).
     pub fn unregister_link(&self, link: &str) {
+        let kinds = self.error_kinds.lock().unwrap_or_else(|e| e.into_inner()).remove(link).unwrap_or_default();
+        for kind in kinds {
+            self.errors.remove(&LinkKind { link: link.to_string(), kind });
+        }
         let l = LinkLabel { link: link.to_string() };
         self.link_up.remove(&l);
         self.link_starts.remove(&l);

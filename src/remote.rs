@@ -35,6 +35,8 @@ pub struct RemotePool {
     pub resync_slots: Semaphore,
     /// Bumped on every client swap, so streams know to reconnect.
     generation: std::sync::atomic::AtomicU64,
+    /// `None` while the endpoint answers PING, else why not (see [`probe`]).
+    health: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl RemotePool {
@@ -56,6 +58,11 @@ impl RemotePool {
         *self.client.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Follows the endpoint's health (`None` = answering).
+    pub fn health(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.health.subscribe()
     }
 
     /// Changes when the client is swapped.
@@ -93,8 +100,10 @@ impl RemotePools {
             client: RwLock::new(Arc::new(client)),
             resync_slots: Semaphore::new(RESYNCS_PER_ENDPOINT),
             generation: Default::default(),
+            health: tokio::sync::watch::Sender::new(None),
         });
         pools.insert(key, Arc::downgrade(&pool));
+        tokio::spawn(probe(Arc::downgrade(&pool)));
         Ok(pool)
     }
 
@@ -106,5 +115,28 @@ impl RemotePools {
             .filter(|(key, _)| key.tls.as_ref().is_some_and(|t| t.files().any(|f| f == file)))
             .filter_map(|(_, weak)| weak.upgrade())
             .collect()
+    }
+}
+
+/// How often an endpoint is PINGed, and how long a PING may take.
+const PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3);
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// PINGs the endpoint of `pool` every few seconds while the pool lives, so
+/// links that send nothing for a while (an idle push link) still know
+/// whether their remote answers; one probe per endpoint, whatever the
+/// number of links sharing it.
+async fn probe(pool: Weak<RemotePool>) {
+    loop {
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        let Some(client) = pool.upgrade().map(|p| p.client()) else { return };
+        let result = client.command_within::<&[u8]>("PING", &[], PROBE_TIMEOUT).await;
+        let Some(pool) = pool.upgrade() else { return };
+        let health = result.err().map(|e| e.to_string());
+        pool.health.send_if_modified(|current| {
+            let changed = *current != health;
+            *current = health;
+            changed
+        });
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::admin::AdminServer;
+use crate::admin::{AdminServer, BoundAdmin};
 use crate::config::watch::{DirWatcher, file_hash};
 use crate::config::{self, Config};
 use crate::echo::EchoFilter;
@@ -72,6 +72,8 @@ struct Hub {
     admin: Option<AdminServer>,
     config_hash: u64,
     tls_hashes: HashMap<PathBuf, Option<u64>>,
+    /// The last TLS reload failed (its error is the one `/status` shows).
+    tls_failed: bool,
     watcher: Option<DirWatcher>,
 }
 
@@ -102,6 +104,7 @@ async fn run(path: PathBuf, loaded: config::Loaded) -> ExitCode {
         admin: None,
         config_hash: loaded.content_hash,
         tls_hashes: HashMap::new(),
+        tls_failed: false,
         watcher,
     };
     if let Err(error) = hub.apply(loaded.config).await {
@@ -156,20 +159,20 @@ fn second_signal() -> ExitCode {
 }
 
 impl Hub {
-    /// Applies a validated config: links, admin server, watches.
+    /// Applies a validated config: links, admin server, watches. A new
+    /// admin address is bound before anything changes (an address that
+    /// cannot be bound refuses the whole file, the old server keeps serving)
+    /// and served only once the links are published (so `/readyz` never
+    /// answers for links it does not know yet).
     async fn apply(&mut self, config: Config) -> Result<(), String> {
         let admin_wanted = config.admin.as_ref().map(|a| a.listen);
-        if self.admin.as_ref().map(|a| a.configured) != admin_wanted {
-            if let Some(old) = self.admin.take() {
-                old.stop().await;
+        let admin_changes = self.admin.as_ref().map(|a| a.configured) != admin_wanted;
+        let bound = match admin_wanted.filter(|_| admin_changes) {
+            Some(addr) => {
+                Some(BoundAdmin::bind(addr).await.map_err(|e| format!("cannot listen on admin.listen {addr}: {e}"))?)
             }
-            if let Some(addr) = admin_wanted {
-                let server = AdminServer::start(addr, self.state.clone())
-                    .await
-                    .map_err(|e| format!("cannot listen on admin.listen {addr}: {e}"))?;
-                self.admin = Some(server);
-            }
-        }
+            None => None,
+        };
         let files = watched_files(&self.path, &config);
         self.tls_hashes = files.iter().filter(|f| **f != self.path).map(|f| (f.clone(), file_hash(f))).collect();
         if let Some(watcher) = &mut self.watcher {
@@ -177,6 +180,15 @@ impl Hub {
         }
         let (diff, clean) = self.supervisor.apply(config).await;
         tracing::info!(clean, "config applied: {}", diff.summary());
+        if admin_changes {
+            if let Some(old) = self.admin.take() {
+                old.stop().await;
+            }
+            if let Some(bound) = bound {
+                let server = AdminServer::serve(bound, self.state.clone()).map_err(|e| format!("admin server: {e}"))?;
+                self.admin = Some(server);
+            }
+        }
         Ok(())
     }
 
@@ -233,12 +245,16 @@ impl Hub {
             for pool in self.resources.remotes.using_file(&file) {
                 match pool.reload_tls() {
                     Ok(()) => {
+                        if std::mem::take(&mut self.tls_failed) {
+                            self.state.record_load(Ok(()));
+                        }
                         let client = pool.client();
                         tracing::info!(file = %file.display(), serial = client.cert_serial.as_deref().unwrap_or("-"), "TLS files changed: new connections use them");
                         self.update_cert_metrics(&file, &client);
                     }
                     Err(error) => {
                         tracing::error!(file = %file.display(), %error, "the changed TLS files are not usable; keeping the previous ones");
+                        self.tls_failed = true;
                         self.state.record_load(Err(error.to_string()));
                     }
                 }

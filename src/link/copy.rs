@@ -45,7 +45,7 @@ pub(super) async fn run_copier(link: Arc<Link>) {
         while let Some(done) = running.try_join_next() {
             health.record(&link, done.ok());
         }
-        let stopping = link.cancel.is_cancelled();
+        let stopping = link.drain.is_cancelled();
         // After a failure, no new batch starts before the backoff ends (results keep being collected).
         let paused_until = health.retry_at.filter(|at| *at > tokio::time::Instant::now() && !stopping);
         let batch = if paused_until.is_some() { Vec::new() } else { link.lock_dirty().take(BATCH_KEYS) };
@@ -63,7 +63,7 @@ pub(super) async fn run_copier(link: Arc<Link>) {
                 _ = link.wake.notified(), if paused_until.is_none() => {}
                 _ = pause => {}
                 done = running.join_next(), if !running.is_empty() => health.record(&link, done.and_then(Result::ok)),
-                _ = link.cancel.cancelled(), if !stopping => {}
+                _ = link.drain.cancelled(), if !stopping => {}
             }
             continue;
         }

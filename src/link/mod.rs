@@ -26,7 +26,7 @@ use crate::backoff::Backoff;
 use crate::config::{Direction, LinkConfig};
 use crate::echo::EchoFilter;
 use crate::local::LocalServers;
-use crate::metrics::{LinkDirection, LinkKind, LinkLabel, LinkReason, Metrics, ResyncReason};
+use crate::metrics::{LinkDirection, LinkLabel, LinkReason, Metrics, ResyncReason};
 use crate::remote::{RemotePool, RemotePools};
 use crate::side::Side;
 pub use dirty::{DirtySet, Marked};
@@ -106,6 +106,8 @@ pub(crate) struct Link {
     /// For `both` links: the base states.
     pub base: Mutex<base::Base>,
     pub cancel: CancellationToken,
+    /// Cancelled once capture has stopped: the copier then drains and returns.
+    pub drain: CancellationToken,
     /// Types already warned about (once per type).
     warned_types: Mutex<std::collections::HashSet<String>>,
     /// When the remote stream last proved itself (first heartbeat of a stream).
@@ -170,7 +172,7 @@ impl Link {
     }
 
     pub fn count_error(&self, kind: &'static str) {
-        self.res.metrics.errors.get_or_create(&LinkKind { link: self.config.name.clone(), kind }).inc();
+        self.res.metrics.count_error(&self.config.name, kind);
     }
 
     pub fn count_echo(&self) {
@@ -277,6 +279,7 @@ async fn run(config: Arc<LinkConfig>, res: Arc<Resources>, status: Arc<LinkStatu
         resync_wake: Notify::new(),
         base: Mutex::new(base::Base::default()),
         cancel: cancel.child_token(),
+        drain: CancellationToken::new(),
         warned_types: Mutex::new(Default::default()),
         stream_confirmed: Mutex::new(None),
         flags_warned: Default::default(),
@@ -300,17 +303,28 @@ async fn run(config: Arc<LinkConfig>, res: Arc<Resources>, status: Arc<LinkStatu
     let copier = tokio::spawn(tracing::Instrument::in_current_span(copy::run_copier(link.clone())));
     if config.direction != Direction::Push {
         tasks.spawn(tracing::Instrument::in_current_span(capture::run_remote_stream(link.clone())));
+    } else {
+        tasks.spawn(tracing::Instrument::in_current_span(follow_remote_health(link.clone())));
     }
     if config.direction == Direction::Both {
         tasks.spawn(tracing::Instrument::in_current_span(base_saver(link.clone())));
     }
     main_loop(&link).await;
 
+    // Events of writes the local Redis acknowledged before now may still be
+    // on their way: wait for them before capture stops.
+    if config.direction != Direction::Pull
+        && let crate::side::Side::Local(server) = &link.local
+        && !server.barrier(Duration::from_secs(2)).await
+    {
+        tracing::warn!("could not confirm that every local event was received before stopping");
+    }
     // Stop capturing, then let the copier drain what was captured.
     drop(registration);
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
     link.cancel.cancel();
+    link.drain.cancel();
     let _ = copier.await;
     if config.direction == Direction::Both {
         link.save_base();
@@ -358,6 +372,21 @@ async fn main_loop(link: &Arc<Link>) {
                 next_periodic = periodic.map(|p| tokio::time::Instant::now() + p);
                 link.request_resync(ResyncReason::Periodic);
             }
+            _ = link.cancel.cancelled() => return,
+        }
+    }
+}
+
+/// A push link has no stream to tell it the remote is gone; it follows the
+/// shared pool's PING probe instead, so `/readyz` shows an unreachable remote
+/// even when nothing is being copied.
+async fn follow_remote_health(link: Arc<Link>) {
+    let mut health = link.remote_pool.health();
+    loop {
+        let problem = health.borrow_and_update().clone();
+        link.status.set_stream_ok(problem.is_none(), problem.map(|e| format!("the remote does not answer: {e}")));
+        tokio::select! {
+            changed = health.changed() => if changed.is_err() { return },
             _ = link.cancel.cancelled() => return,
         }
     }

@@ -175,6 +175,13 @@ pub(super) async fn resync(link: &Link, reason: ResyncReason) -> Result<(), Side
         plan.local_keys = local_keys;
         plan.remote_keys = remote_keys;
     }
+    if refusal(link, &plan).is_some() {
+        // The two scans are not one snapshot: a key created at the source
+        // after its scan, and copied before the destination's, looks like a
+        // deletion. Before refusing, ask the source again.
+        plan.deletes_remote = still_absent(link, &link.local, &link.config.local.prefix, plan.deletes_remote).await?;
+        plan.deletes_local = still_absent(link, &link.remote, &link.config.remote.prefix, plan.deletes_local).await?;
+    }
     let refusal = refusal(link, &plan);
     if let Some(message) = &refusal {
         tracing::error!("{message}");
@@ -216,6 +223,22 @@ pub(super) async fn resync(link: &Link, reason: ResyncReason) -> Result<(), Side
         "resync done"
     );
     Ok(())
+}
+
+/// The keys (suffixes) that `side` still lacks (no key of a replicated type).
+async fn still_absent(link: &Link, side: &Side, prefix: &[u8], suffixes: Vec<Bytes>) -> Result<Vec<Bytes>, SideError> {
+    let mut absent = Vec::with_capacity(suffixes.len());
+    for chunk in suffixes.chunks(1000) {
+        let keys: Vec<Bytes> = chunk.iter().map(|s| super::concat(prefix, s)).collect();
+        let states = side.read(keys, false).await?;
+        for (suffix, state) in chunk.iter().zip(states) {
+            let replicated = matches!(state.ty, KeyType::Data(t) if link.config.replicates(t));
+            if !replicated {
+                absent.push(suffix.clone());
+            }
+        }
+    }
+    Ok(absent)
 }
 
 /// Decides what one key needs, from both sides' view of it.

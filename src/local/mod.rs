@@ -34,6 +34,9 @@ use crate::resp::Value;
 /// Keyspace events fred may queue for us before it reports lag.
 const EVENT_QUEUE: usize = 16 << 10;
 
+/// Keys that mark a point in the event stream: `<this prefix><pid>:<n>`.
+const BARRIER_PREFIX: &str = "__replhub__:barrier:";
+
 /// Receives what happens on a local server for one link.
 pub trait EventSink: Send + Sync {
     /// A key in the link's namespace changed (`key` includes the prefix).
@@ -93,6 +96,9 @@ struct Route {
 
 /// A shared connection to one local Redis database.
 pub struct LocalRedis {
+    /// Barriers seen in the event stream (see [`LocalRedis::barrier`]).
+    barrier_seen: tokio::sync::watch::Sender<u64>,
+    next_barrier: AtomicU64,
     /// `host:port/db`, naming the server in logs and in the echo filter.
     pub id: String,
     /// The URL without its password.
@@ -177,6 +183,8 @@ impl LocalRedis {
         client.init().await.map_err(fred_error)?;
         subscriber.init().await.map_err(fred_error)?;
         let server = Arc::new(LocalRedis {
+            barrier_seen: tokio::sync::watch::Sender::new(0),
+            next_barrier: AtomicU64::new(1),
             id,
             label,
             db: url.db,
@@ -268,6 +276,16 @@ impl LocalRedis {
     }
 
     fn route(&self, operation: &str, key: Bytes) {
+        if let Some(rest) = key.strip_prefix(BARRIER_PREFIX.as_bytes()) {
+            let text = String::from_utf8_lossy(rest);
+            if let Some((pid, n)) = text.split_once(':')
+                && pid == std::process::id().to_string()
+                && let Ok(n) = n.parse::<u64>()
+            {
+                self.barrier_seen.send_modify(|seen| *seen = (*seen).max(n));
+            }
+            return;
+        }
         if key.starts_with(RESERVED_PREFIX) {
             return;
         }
@@ -371,6 +389,25 @@ impl LocalRedis {
             .await
             .map_err(|e| LocalError::Redis { server: self.label.clone(), message: e.to_string() })?;
         Ok(to_resp(reply))
+    }
+
+    /// Returns once every keyspace event of a write the server executed
+    /// before this call has been routed (or after `timeout`): writes a
+    /// reserved key and waits for its own event, which the server delivers
+    /// after all earlier ones. Used before a link stops capturing.
+    pub async fn barrier(&self, timeout: Duration) -> bool {
+        let n = self.next_barrier.fetch_add(1, Ordering::Relaxed);
+        let key = format!("{BARRIER_PREFIX}{}:{n}", std::process::id());
+        let mut seen = self.barrier_seen.subscribe();
+        let wait = async {
+            let set: Result<fred::types::Value, _> =
+                self.client.custom(fred::cmd!("SET"), vec![key.as_str(), "1", "PX", "10000"]).await;
+            if set.is_err() {
+                return false;
+            }
+            seen.wait_for(|s| *s >= n).await.is_ok()
+        };
+        tokio::time::timeout(timeout, wait).await.unwrap_or(false)
     }
 
     /// PING, for `check --connect` and health checks.
