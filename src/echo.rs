@@ -38,6 +38,15 @@ struct Entry {
     confirmed_at: Option<Instant>,
 }
 
+/// What the events held back for a write turned out to be, once it is confirmed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// Genuine writes: the caller must copy the key again if > 0.
+    pub genuine: u32,
+    /// This write's own echoes (to count as suppressed).
+    pub echoes: u32,
+}
+
 /// What to do with an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -67,12 +76,12 @@ impl EchoFilter {
 
     /// Call when the write is answered, with the events it caused (0 when it
     /// failed or its outcome is unknown: undercounting costs a read,
-    /// overcounting could lose an update). Returns how many held-back events
-    /// turned out to be genuine: the caller must copy the key again if > 0.
-    pub fn finish_write(&self, server: &str, key: &Bytes, events: u32) -> u32 {
+    /// overcounting could lose an update). Says what the held-back events
+    /// turned out to be.
+    pub fn finish_write(&self, server: &str, key: &Bytes, events: u32) -> Settled {
         let mut entries = self.lock();
         let map_key = (server.to_string(), key.clone());
-        let Some(entry) = entries.get_mut(&map_key) else { return 0 };
+        let Some(entry) = entries.get_mut(&map_key) else { return Settled::default() };
         entry.writes_in_flight = entry.writes_in_flight.saturating_sub(1);
         entry.echoes_expected += events;
         let matched = entry.held_back.min(entry.echoes_expected);
@@ -83,7 +92,7 @@ impl EchoFilter {
         if entry.writes_in_flight == 0 && entry.echoes_expected == 0 {
             entries.remove(&map_key);
         }
-        genuine
+        Settled { genuine, echoes: matched }
     }
 
     /// Classifies an event on `key` at `server`.
@@ -144,7 +153,7 @@ mod tests {
     fn an_echo_after_confirmation_is_dropped_once() {
         let f = EchoFilter::default();
         f.begin_write(S, &key());
-        assert_eq!(f.finish_write(S, &key(), 1), 0);
+        assert_eq!(f.finish_write(S, &key(), 1).genuine, 0);
         assert_eq!(f.on_event(S, &key()), Verdict::Echo);
         assert_eq!(f.on_event(S, &key()), Verdict::Genuine, "a second event is a real write");
         assert!(f.is_empty());
@@ -155,7 +164,7 @@ mod tests {
         let f = EchoFilter::default();
         f.begin_write(S, &key());
         assert_eq!(f.on_event(S, &key()), Verdict::HeldBack);
-        assert_eq!(f.finish_write(S, &key(), 1), 0, "the held-back event was the echo");
+        assert_eq!(f.finish_write(S, &key(), 1), Settled { genuine: 0, echoes: 1 }, "the held-back event was the echo");
         assert!(f.is_empty());
     }
 
@@ -168,11 +177,11 @@ mod tests {
             f.begin_write(S, &key());
             let mut genuine = 0;
             if confirm_first {
-                genuine += f.finish_write(S, &key(), 1);
+                genuine += f.finish_write(S, &key(), 1).genuine;
             }
             let verdicts = [f.on_event(S, &key()), f.on_event(S, &key())];
             if !confirm_first {
-                genuine += f.finish_write(S, &key(), 1);
+                genuine += f.finish_write(S, &key(), 1).genuine;
             }
             genuine += verdicts.iter().filter(|v| **v == Verdict::Genuine).count() as u32;
             assert_eq!(
@@ -187,7 +196,7 @@ mod tests {
         let f = EchoFilter::default();
         f.begin_write(S, &key());
         assert_eq!(f.on_event(S, &key()), Verdict::HeldBack);
-        assert_eq!(f.finish_write(S, &key(), 0), 1, "the held-back event was a client's write");
+        assert_eq!(f.finish_write(S, &key(), 0).genuine, 1, "the held-back event was a client's write");
         assert!(f.is_empty());
     }
 
@@ -199,8 +208,8 @@ mod tests {
         assert_eq!(f.on_event(S, &key()), Verdict::HeldBack);
         assert_eq!(f.on_event(S, &key()), Verdict::HeldBack);
         assert_eq!(f.on_event(S, &key()), Verdict::HeldBack);
-        assert_eq!(f.finish_write(S, &key(), 1), 0);
-        assert_eq!(f.finish_write(S, &key(), 1), 1, "three events, two echoes: one genuine");
+        assert_eq!(f.finish_write(S, &key(), 1).genuine, 0);
+        assert_eq!(f.finish_write(S, &key(), 1).genuine, 1, "three events, two echoes: one genuine");
     }
 
     #[test]

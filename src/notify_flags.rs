@@ -8,7 +8,7 @@ use crate::config::Direction;
 
 /// The event classes replhub reacts to: generic (del, expire, rename…),
 /// string, list, set, hash, sorted set, expired and evicted.
-const CLASSES: &str = "g$lshzxe";
+const CLASSES: &str = "g$lshzxet";
 
 /// Flags the local side needs: keyevent channels (`E`), which carry binary
 /// key names intact, plus the classes. Only links that capture local events.

@@ -117,6 +117,18 @@ impl Side {
                 }
             }
         }
+        // A PTTL counts from when the source was read: take off the time since
+        // (staging a large value first can take seconds).
+        for record in &mut records {
+            let Some(read_at) = record.read_at else { continue };
+            let elapsed = i64::try_from(read_at.elapsed().as_millis()).unwrap_or(i64::MAX);
+            match &mut record.op {
+                WriteOp::Put(KeyState { pttl, .. }) | WriteOp::Stage { pttl, .. } if *pttl > 0 => {
+                    *pttl = (*pttl - elapsed).max(1);
+                }
+                _ => {}
+            }
+        }
         let count = records.len();
         let (keys, args) = scripts::write_args(&records, types);
         let reply = self.eval(&Scripts::get().write, keys, args).await?;

@@ -277,7 +277,7 @@ async fn stream_once(link: &Arc<Link>, resync_reason: ResyncReason) -> StreamEnd
                 link.count_error("heartbeat_timeout");
                 let why = if last_beat.is_none() {
                     format!(
-                        "no heartbeat event within {:?} of subscribing: events do not arrive (does the remote Redis have notify-keyspace-events with at least \"Kg$lshzxe\"?)",
+                        "no heartbeat event within {:?} of subscribing: events do not arrive (does the remote Redis have notify-keyspace-events with at least \"Kg$lshzxet\"?)",
                         heartbeat.timeout
                     )
                 } else {

@@ -225,6 +225,7 @@ async fn copy_one_way(link: &Link, batch: &Batch, push: bool) -> Result<(), Side
     let (source, destination) = if push { (&link.local, &link.remote) } else { (&link.remote, &link.local) };
     let source_keys: Vec<Bytes> =
         batch.iter().map(|(s, _)| if push { link.local_key(s) } else { link.remote_key(s) }).collect();
+    let read_at = Instant::now();
     let states = source.read(source_keys, false).await?;
     let records: Vec<WriteRecord> = batch
         .iter()
@@ -234,6 +235,7 @@ async fn copy_one_way(link: &Link, batch: &Batch, push: bool) -> Result<(), Side
             op: link.op_for(state),
             expect: None,
             new_digest: crate::scripts::Digest::ABSENT,
+            read_at: Some(read_at),
         })
         .collect();
     let outcomes = write_all(link, destination, records).await?;
@@ -283,6 +285,7 @@ pub(crate) fn decide(local: &Observed, remote: &Observed, base: &Observed, confl
 async fn copy_both(link: &Link, batch: &Batch) -> Result<(), SideError> {
     let local_keys: Vec<Bytes> = batch.iter().map(|(s, _)| link.local_key(s)).collect();
     let remote_keys: Vec<Bytes> = batch.iter().map(|(s, _)| link.remote_key(s)).collect();
+    let read_at = Instant::now();
     let (local_states, remote_states) =
         tokio::try_join!(link.local.read(local_keys, true), link.remote.read(remote_keys, true))?;
     let now = now_ms();
@@ -302,6 +305,7 @@ async fn copy_both(link: &Link, batch: &Batch) -> Result<(), SideError> {
                         op: link.op_for(l),
                         expect: Some(ro.digest),
                         new_digest: lo.digest,
+                        read_at: Some(read_at),
                     };
                     to_remote.push((i, record, lo));
                 }
@@ -311,6 +315,7 @@ async fn copy_both(link: &Link, batch: &Batch) -> Result<(), SideError> {
                         op: link.op_for(r),
                         expect: Some(lo.digest),
                         new_digest: ro.digest,
+                        read_at: Some(read_at),
                     };
                     to_local.push((i, record, ro));
                 }
@@ -346,7 +351,7 @@ async fn write_tracked(
         Err(error) => {
             // Unknown outcome: expect no echo (a miss costs a read, never an update).
             for (i, record, _) in &writes {
-                if link.res.echo.finish_write(&server, &record.key, 0) > 0 {
+                if link.res.echo.finish_write(&server, &record.key, 0).genuine > 0 {
                     let (suffix, at) = &batch[*i];
                     link.mark(suffix.clone(), *at);
                 }
@@ -361,7 +366,10 @@ async fn write_tracked(
             WriteOutcome::Written { events } | WriteOutcome::Unchanged { events } => *events,
             _ => 0,
         };
-        let genuine = link.res.echo.finish_write(&server, &record.key, events);
+        let crate::echo::Settled { genuine, echoes } = link.res.echo.finish_write(&server, &record.key, events);
+        for _ in 0..echoes {
+            link.count_echo();
+        }
         if link.settle(suffix, outcome) || genuine > 0 {
             link.mark(suffix.clone(), *at);
         }
@@ -419,6 +427,7 @@ mod tests {
             }),
             expect: None,
             new_digest: Digest::ABSENT,
+            read_at: None,
         };
         let third = STAGE_THRESHOLD / 3;
         let records =

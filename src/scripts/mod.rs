@@ -241,6 +241,8 @@ pub struct WriteRecord {
     /// Compare-and-set: the digest the key must still have (or already `new_digest`).
     pub expect: Option<Digest>,
     pub new_digest: Digest,
+    /// When the source state was read (its PTTL counts from then).
+    pub read_at: Option<std::time::Instant>,
 }
 
 impl WriteRecord {
@@ -544,12 +546,14 @@ mod tests {
                 op: WriteOp::Put(state),
                 expect: Some(Digest::ABSENT),
                 new_digest: Digest(7),
+                read_at: None,
             },
             WriteRecord {
                 key: Bytes::from_static(b"k2"),
                 op: WriteOp::Delete,
                 expect: None,
                 new_digest: Digest::ABSENT,
+                read_at: None,
             },
         ];
         let (keys, args) = write_args(&records, &[DataType::String, DataType::List]);
