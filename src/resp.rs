@@ -104,8 +104,15 @@ pub enum RespError {
 /// Returns `Ok(None)` when `buf` holds only a prefix of a value (more bytes
 /// needed), `Ok(Some((value, consumed)))` when a whole value was read.
 pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Value, usize)>, RespError> {
+    // First find the end of the value without building anything, so an
+    // incomplete value (a stream reader asks again with every new chunk)
+    // costs neither copies nor reservations.
+    let mut end = 0;
+    if parse_at(buf, &mut end, limits, 0, false)?.is_none() {
+        return Ok(None);
+    }
     let mut pos = 0;
-    match parse_at(buf, &mut pos, limits, 0)? {
+    match parse_at(buf, &mut pos, limits, 0, true)? {
         Some(v) => Ok(Some((v, pos))),
         None => Ok(None),
     }
@@ -155,15 +162,23 @@ fn number(text: &[u8], offset: usize) -> Result<i64, RespError> {
         .ok_or_else(|| malformed(offset, format!("expected a number, got \"{}\"", printable(text, 32))))
 }
 
-fn parse_at(buf: &[u8], pos: &mut usize, limits: &Limits, depth: usize) -> Result<Option<Value>, RespError> {
+/// Reads the value at `*pos`. With `build` false it only checks that a whole
+/// value is there and returns `Value::Nil` in its place, allocating nothing.
+fn parse_at(
+    buf: &[u8],
+    pos: &mut usize,
+    limits: &Limits,
+    depth: usize,
+    build: bool,
+) -> Result<Option<Value>, RespError> {
     let start = *pos;
     let Some(&tag) = buf.get(start) else { return Ok(None) };
     *pos += 1;
     let Some(text) = line(buf, pos, limits)? else { return Ok(None) };
     let body_offset = start + 1;
     match tag {
-        b'+' => Ok(Some(Value::Simple(Bytes::copy_from_slice(text)))),
-        b'-' => Ok(Some(Value::Error(Bytes::copy_from_slice(text)))),
+        b'+' => Ok(Some(if build { Value::Simple(Bytes::copy_from_slice(text)) } else { Value::Nil })),
+        b'-' => Ok(Some(if build { Value::Error(Bytes::copy_from_slice(text)) } else { Value::Nil })),
         b':' => Ok(Some(Value::Integer(number(text, body_offset)?))),
         b'$' => {
             let len = number(text, body_offset)?;
@@ -189,7 +204,7 @@ fn parse_at(buf: &[u8], pos: &mut usize, limits: &Limits, depth: usize) -> Resul
                 return Err(malformed(end, "bulk string is not followed by \\r\\n"));
             }
             *pos = end + 2;
-            Ok(Some(Value::Bulk(Bytes::copy_from_slice(&buf[data_start..end]))))
+            Ok(Some(if build { Value::Bulk(Bytes::copy_from_slice(&buf[data_start..end])) } else { Value::Nil }))
         }
         b'*' => {
             let count = number(text, body_offset)?;
@@ -212,15 +227,16 @@ fn parse_at(buf: &[u8], pos: &mut usize, limits: &Limits, depth: usize) -> Resul
             }
             // Every element takes at least 3 bytes (":0\r\n" is 4), so a count
             // far beyond what is buffered cannot be complete yet: reserve only
-            // what the buffered bytes could hold.
-            let mut items = Vec::with_capacity(count.min((buf.len() - *pos) / 3 + 1));
+            // what the buffered bytes could hold (nothing when only checking).
+            let mut items = Vec::with_capacity(if build { count.min((buf.len() - *pos) / 3 + 1) } else { 0 });
             for _ in 0..count {
-                match parse_at(buf, pos, limits, depth + 1)? {
-                    Some(v) => items.push(v),
+                match parse_at(buf, pos, limits, depth + 1, build)? {
+                    Some(v) if build => items.push(v),
+                    Some(_) => {}
                     None => return Ok(None),
                 }
             }
-            Ok(Some(Value::Array(items)))
+            Ok(Some(if build { Value::Array(items) } else { Value::Nil }))
         }
         other => Err(malformed(start, format!("unknown type byte 0x{other:02x}"))),
     }

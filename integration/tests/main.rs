@@ -7,10 +7,11 @@ mod support;
 
 mod stack_tests;
 
-mod smoke_tests;
+mod admin_tests;
+mod both_tests;
 mod check_tests;
 mod engine_tests;
-mod both_tests;
 mod reload_tests;
-mod admin_tests;
+mod smoke_tests;
+mod fuzz_tests;
 mod fault_tests;

@@ -55,9 +55,23 @@ pub fn read_config_file(path: &Path) -> Result<String, Diagnostics> {
             );
             return Err(diags);
         }
-        Ok(_) => std::fs::read(path),
+        Ok(_) => std::fs::File::open(path).and_then(|f| {
+            use std::io::Read;
+            let mut bytes = Vec::new();
+            f.take(tree::MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes)?;
+            Ok(bytes)
+        }),
         Err(e) => Err(e),
     };
+    if let Ok(b) = &bytes
+        && b.len() > tree::MAX_FILE_BYTES
+    {
+        diags.error(
+            origin,
+            format!("the file has more than {} bytes; config files are limited to that", tree::MAX_FILE_BYTES),
+        );
+        return Err(diags);
+    }
     match bytes {
         Ok(bytes) => String::from_utf8(bytes).map_err(|e| {
             diags.error(origin, format!("the file is not valid UTF-8 (byte {})", e.utf8_error().valid_up_to()));

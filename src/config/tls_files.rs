@@ -190,8 +190,24 @@ fn problem(file: TlsFile, path: &Option<PathBuf>, message: String) -> TlsProblem
     TlsProblem { file, message: format!("{shown}{message}") }
 }
 
+const MAX_PEM_BYTES: u64 = 1 << 20;
+
 fn read_file(path: &Path, file: TlsFile) -> Result<Vec<u8>, TlsProblem> {
-    std::fs::read(path).map_err(|e| {
+    use std::io::Read;
+    let read = std::fs::File::open(path).and_then(|f| {
+        let mut bytes = Vec::new();
+        f.take(MAX_PEM_BYTES + 1).read_to_end(&mut bytes)?;
+        Ok(bytes)
+    });
+    if let Ok(bytes) = &read
+        && bytes.len() as u64 > MAX_PEM_BYTES
+    {
+        return Err(TlsProblem {
+            file,
+            message: format!("{}: the file is larger than 1 MiB; is this a PEM file?", path.display()),
+        });
+    }
+    read.map_err(|e| {
         let why = match e.kind() {
             std::io::ErrorKind::NotFound => "the file does not exist".to_string(),
             std::io::ErrorKind::PermissionDenied => "the file is not readable (permission denied)".to_string(),

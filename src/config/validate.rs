@@ -64,7 +64,14 @@ pub fn validate(root: &Node, path: &Path, now: SystemTime, diags: &mut Diagnosti
     };
     let state_dir = raw_state_dir.as_deref().map(|dir| v.resolve(dir));
 
-    let defaults_node = root.get("defaults").cloned().unwrap_or(Node { pos: root.pos, value: NodeValue::Map(vec![]) });
+    let mut defaults_node =
+        root.get("defaults").cloned().unwrap_or(Node { pos: root.pos, value: NodeValue::Map(vec![]) });
+    let defaults_size = node_count(&defaults_node);
+    if defaults_size > MAX_DEFAULTS_NODES {
+        diags
+            .error(defaults_node.pos, format!("`defaults` holds {defaults_size} values; at most {MAX_DEFAULTS_NODES}"));
+        defaults_node = Node { pos: defaults_node.pos, value: NodeValue::Map(vec![]) };
+    }
     let mut links = Vec::new();
     let mut spaces = Vec::new();
     let mut all_ok = true;
@@ -104,6 +111,17 @@ struct Space {
     side: &'static str,
     server: String,
     prefix: Vec<u8>,
+}
+
+const MAX_DEFAULTS_NODES: usize = 256;
+const MAX_OVERLAPS_REPORTED: usize = 3;
+
+fn node_count(node: &Node) -> usize {
+    1 + match &node.value {
+        NodeValue::Seq(items) => items.iter().map(node_count).sum(),
+        NodeValue::Map(entries) => entries.iter().map(|(_, v)| node_count(v)).sum(),
+        _ => 0,
+    }
 }
 
 fn key(name: &str) -> PathSeg {
@@ -569,11 +587,18 @@ impl Validator<'_> {
         sides.sort_by(|a, b| a.0.cmp(&b.0));
         for ((server, side), mut members) in sides {
             members.sort_by(|a, b| a.prefix.cmp(&b.prefix));
-            for (n, first) in members.iter().enumerate() {
-                for later in &members[n + 1..] {
-                    if !later.prefix.starts_with(&first.prefix) {
-                        break;
-                    }
+            // After sorting, the earlier links whose prefix starts `later`'s are
+            // exactly a stack (each a prefix of the next); report against at
+            // most MAX_OVERLAPS_REPORTED of them, so N links sharing a prefix
+            // give O(N) errors, not N²/2.
+            let mut open: Vec<&Space> = Vec::new();
+            for later in members.iter().copied() {
+                while open.last().is_some_and(|top| !later.prefix.starts_with(&top.prefix)) {
+                    open.pop();
+                }
+                let enclosing: Vec<&Space> = open.iter().take(MAX_OVERLAPS_REPORTED).copied().collect();
+                open.push(later);
+                for first in enclosing {
                     let pos = self.pos(&[key("links"), PathSeg::Index(later.index), key(side), key("prefix")]);
                     let pos =
                         if pos == self.root.pos { self.pos(&[key("links"), PathSeg::Index(later.index)]) } else { pos };

@@ -106,8 +106,8 @@ impl Dechunker {
     }
 
     fn head(&mut self) -> Result<Option<Item>, StreamError> {
-        let Some(end) = find(&self.buf, b"\r\n\r\n") else {
-            if self.buf.len() > MAX_HEAD {
+        let Some(end) = find(&self.buf[..self.buf.len().min(MAX_HEAD)], b"\r\n\r\n") else {
+            if self.buf.len() >= MAX_HEAD {
                 return Err(StreamError::Framing(format!("response head longer than {MAX_HEAD} bytes")));
             }
             return Ok(None);
