@@ -1,4 +1,4 @@
-//! `cargo run --release --example bench [-- --quick]`: replhub against the
+//! `cargo run --release --example bench [-- --quick] [--only push,pull,lag,links,resync,overload]`: replhub against the
 //! real stack (local Redis → replhub → nginx mTLS → Webdis → remote Redis,
 //! all on this machine), with the one-request-per-key reference measured in
 //! the same run. Prints one table: figures, ratios to the reference, targets.
@@ -40,7 +40,15 @@ struct Bench {
 const VALUE: &[u8; 16] = b"0123456789abcdef";
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // `--only push,lag`: run only these workloads (the reference always runs).
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|list| list.split(',').map(str::to_string).collect());
+    let wanted = |name: &str| only.as_ref().is_none_or(|list| list.iter().any(|w| w == name));
     // The release replhub next to this example (target/release/examples/bench → target/release/replhub).
     if let Some(bin) = std::env::current_exe().ok().and_then(|exe| exe.parent()?.parent().map(|d| d.join("replhub")))
         && bin.exists()
@@ -52,12 +60,20 @@ fn main() {
     let stack = Stack::start(StackOptions::default());
     let mut bench = Bench { stack, quick, rows: Vec::new(), reference: 0.0 };
     bench.reference();
-    bench.push_throughput();
-    bench.pull_throughput();
-    bench.lag();
-    bench.many_links();
-    bench.resync_unchanged();
-    bench.overload();
+    type Workload = (&'static str, fn(&mut Bench));
+    let workloads: [Workload; 6] = [
+        ("push", Bench::push_throughput),
+        ("pull", Bench::pull_throughput),
+        ("lag", Bench::lag),
+        ("links", Bench::many_links),
+        ("resync", Bench::resync_unchanged),
+        ("overload", Bench::overload),
+    ];
+    for (name, run) in workloads {
+        if wanted(name) {
+            run(&mut bench);
+        }
+    }
     bench.print();
 }
 
@@ -102,13 +118,18 @@ impl Bench {
         self.flush();
         let keys = self.scale(400_000);
         let hub = self.hub(&[LinkSpec::new("push", "push", "p:")]);
+        let cpu_before = cpu_seconds(hub.pid());
         let elapsed = replicate(&mut self.stack.local().conn(), &mut self.stack.remote().conn(), "p:", keys);
+        let cpu = cpu_seconds(hub.pid()) - cpu_before;
         verify(&mut self.stack.remote().conn(), "p:", keys);
         let rate = keys as f64 / elapsed.as_secs_f64();
         let ratio = rate / self.reference;
+        let overflows = hub.metric("replhub_resyncs_total{link=\"push\",reason=\"overflow\"}").unwrap_or(0.0);
         drop(hub);
-        let figure =
-            format!("{rate:.0} keys/s ({keys} keys in {:.2} s) = {ratio:.1}× reference", elapsed.as_secs_f64());
+        let figure = format!(
+            "{rate:.0} keys/s ({keys} keys in {:.2} s) = {ratio:.1}× reference; replhub used {cpu:.1} CPU-s, {overflows} overflow resyncs",
+            elapsed.as_secs_f64()
+        );
         self.row("push throughput (16-byte strings)", figure, "≥ 6× reference", ratio >= 6.0);
     }
 
@@ -291,7 +312,8 @@ impl Bench {
     /// than the dirty set holds: memory stays bounded, the link resyncs.
     fn overload(&mut self) {
         self.flush();
-        let keys = self.scale(600_000).max(300_000);
+        // More distinct keys than the dirty set holds, whatever the scale.
+        let keys = replhub::link::DIRTY_CAPACITY * 3 / 2;
         let hub = self.hub(&[LinkSpec::new("over", "push", "o:")]);
         let webdis_pid = self.stack.webdis_mut().pid().expect("webdis runs");
         // SAFETY: plain kill(2) on a child we own.
@@ -416,4 +438,16 @@ fn response_bytes_since(log: &std::path::Path, offset: u64) -> u64 {
             after_request.split_whitespace().nth(1)?.parse::<u64>().ok()
         })
         .sum()
+}
+
+/// CPU time (user + system) a process has used, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name (in parentheses): utime and stime are fields 14 and 15 of the line.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / per_second.max(1.0)
 }

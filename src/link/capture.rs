@@ -42,9 +42,9 @@ struct LocalSink {
 }
 
 impl EventSink for LocalSink {
-    fn key_changed(&self, key: Bytes) {
+    fn keys_changed(&self, keys: Vec<Bytes>) {
         let Some(link) = self.link.upgrade() else { return };
-        link.on_event(true, key);
+        link.on_events(true, keys);
     }
 
     fn events_lost(&self, reason: LostReason) {
@@ -74,23 +74,28 @@ pub(super) async fn register_local(link: &Arc<Link>) -> Result<Registration, Loc
 }
 
 impl Link {
-    /// An event for `key` (full key) on the local (`local == true`) or remote side.
-    pub(super) fn on_event(&self, local: bool, key: Bytes) {
+    /// Events for `keys` (full keys) on the local (`local == true`) or remote side.
+    pub(super) fn on_events(&self, local: bool, keys: impl IntoIterator<Item = Bytes>) {
         let prefix = if local { &self.config.local.prefix } else { &self.config.remote.prefix };
-        let Some(suffix) = key.strip_prefix(prefix.as_slice()) else { return };
-        let suffix = key.slice_ref(suffix);
-        if self.config.direction == Direction::Both {
-            let server = if local { &self.local_id } else { &self.remote_id };
-            match self.res.echo.on_event(server, &key) {
-                Verdict::Echo => {
-                    self.count_echo();
-                    return;
+        let server = if local { &self.local_id } else { &self.remote_id };
+        let both = self.config.direction == Direction::Both;
+        let mut dirty = Vec::new();
+        for key in keys {
+            let Some(suffix) = key.strip_prefix(prefix.as_slice()) else { continue };
+            let suffix = key.slice_ref(suffix);
+            if both {
+                match self.res.echo.on_event(server, &key) {
+                    Verdict::Echo => {
+                        self.count_echo();
+                        continue;
+                    }
+                    Verdict::HeldBack => continue,
+                    Verdict::Genuine => {}
                 }
-                Verdict::HeldBack => return,
-                Verdict::Genuine => {}
             }
+            dirty.push(suffix);
         }
-        self.mark(suffix, Instant::now());
+        self.mark_all(dirty, Instant::now());
     }
 
     fn heartbeat_key(&self) -> Bytes {
@@ -241,7 +246,7 @@ async fn stream_once(link: &Arc<Link>, resync_reason: ResyncReason) -> StreamEnd
                         }
                         last_beat = Some(tokio::time::Instant::now());
                     } else if let Some(key) = channel.strip_prefix(channel_prefix.as_slice()) {
-                        link.on_event(false, channel.slice_ref(key));
+                        link.on_events(false, [channel.slice_ref(key)]);
                     }
                 }
                 Ok(StreamMessage::Subscribed { .. }) => {}

@@ -29,7 +29,7 @@ use crate::scripts::{KeyState, KeyType, WriteOp, WriteOutcome, WriteRecord};
 use crate::side::{STAGE_THRESHOLD, Side, SideError};
 
 /// Keys per batch.
-pub const BATCH_KEYS: usize = 512;
+pub const BATCH_KEYS: usize = 1024;
 /// Batches in flight per link.
 const BATCHES_IN_FLIGHT: usize = 4;
 
@@ -49,6 +49,9 @@ pub(super) async fn run_copier(link: Arc<Link>) {
         // After a failure, no new batch starts before the backoff ends (results keep being collected).
         let paused_until = health.retry_at.filter(|at| *at > tokio::time::Instant::now() && !stopping);
         let batch = if paused_until.is_some() { Vec::new() } else { link.lock_dirty().take(BATCH_KEYS) };
+        if !batch.is_empty() {
+            link.update_dirty_gauge();
+        }
         if batch.is_empty() {
             if stopping && running.is_empty() {
                 return;

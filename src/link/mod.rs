@@ -32,8 +32,9 @@ use crate::side::Side;
 pub use dirty::{DirtySet, Marked};
 pub use status::{LinkStatus, StatusReport};
 
-/// Keys waiting per link before an overflow turns into a resync.
-pub const DIRTY_CAPACITY: usize = 200_000;
+/// Keys waiting per link before an overflow turns into a resync: room for a
+/// burst of half a million distinct keys (about 100 MiB at most), bounded.
+pub const DIRTY_CAPACITY: usize = 500_000;
 
 /// What every link shares: connections, the echo filter, metrics.
 pub struct Resources {
@@ -127,15 +128,28 @@ impl Link {
 
     /// Marks a key (its suffix) dirty and wakes the copier.
     pub fn mark(&self, suffix: Bytes, at: Instant) {
-        let outcome = self.lock_dirty().mark(suffix, at);
-        match outcome {
-            Marked::Ok => self.wake.notify_one(),
-            Marked::Overflow => {
-                tracing::warn!("more than {DIRTY_CAPACITY} keys waiting; dropping the queue and resyncing instead");
-                self.request_resync(ResyncReason::Overflow);
+        self.mark_all([suffix], at);
+    }
+
+    /// Marks keys dirty under one lock and wakes the copier once.
+    pub fn mark_all(&self, suffixes: impl IntoIterator<Item = Bytes>, at: Instant) {
+        let mut overflow = false;
+        let mut any = false;
+        {
+            let mut dirty = self.lock_dirty();
+            for suffix in suffixes {
+                any = true;
+                if dirty.mark(suffix, at) == Marked::Overflow {
+                    overflow = true;
+                }
             }
         }
-        self.update_dirty_gauge();
+        if overflow {
+            tracing::warn!("more than {DIRTY_CAPACITY} keys waiting; dropping the queue and resyncing instead");
+            self.request_resync(ResyncReason::Overflow);
+        } else if any {
+            self.wake.notify_one();
+        }
     }
 
     pub fn update_dirty_gauge(&self) {

@@ -14,7 +14,7 @@
 //! the link reports not-up with the numbers and how to allow it.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -205,13 +205,22 @@ pub(super) async fn resync(link: &Link, reason: ResyncReason) -> Result<(), Side
             base.set(key, Observed::ABSENT);
         }
     }
+    // Hand the differences to the copier a slice at a time, waiting while
+    // its queue is half full: a resync of a large namespace must not
+    // overflow the dirty set (which would only start another resync).
     let now = Instant::now();
     let mut marked = 0;
     for suffix in plan.marks {
-        if !skip.contains(&suffix) {
-            link.mark(suffix, now);
-            marked += 1;
+        if skip.contains(&suffix) {
+            continue;
         }
+        while link.lock_dirty().waiting() >= super::DIRTY_CAPACITY / 2 {
+            if !link.sleep(Duration::from_millis(10)).await {
+                return Ok(());
+            }
+        }
+        link.mark(suffix, now);
+        marked += 1;
     }
     link.status.set_synced(true);
     tracing::info!(

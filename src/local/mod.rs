@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::interfaces::{ClientLike, EventInterface, HeartbeatInterface, PubsubInterface};
 use fred::prelude::{Builder, ReconnectPolicy};
 use fred::types::config::{Config as FredConfig, ServerConfig, UnresponsiveConfig};
 use tokio::task::JoinHandle;
@@ -31,6 +31,9 @@ use crate::config::{RedisUrl, TlsPaths};
 use crate::notify_flags;
 use crate::resp::Value;
 
+/// How often each local connection is PINGed to prove it alive.
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Keyspace events fred may queue for us before it reports lag.
 const EVENT_QUEUE: usize = 16 << 10;
 
@@ -39,8 +42,8 @@ const BARRIER_PREFIX: &str = "__replhub__:barrier:";
 
 /// Receives what happens on a local server for one link.
 pub trait EventSink: Send + Sync {
-    /// A key in the link's namespace changed (`key` includes the prefix).
-    fn key_changed(&self, key: Bytes);
+    /// Keys in the link's namespace changed (keys include the prefix).
+    fn keys_changed(&self, keys: Vec<Bytes>);
     /// Events may have been lost (reconnect, or the event queue overflowed): resync.
     fn events_lost(&self, reason: LostReason);
 }
@@ -243,21 +246,49 @@ impl LocalRedis {
     fn start_watchers(self: &Arc<Self>) {
         // fred re-subscribes after a reconnect only with this task running.
         let mut tasks = vec![self.subscriber.manage_subscriptions()];
+        // An idle connection that died silently is only noticed when a
+        // command waits: PING both every few seconds, so fred's
+        // unresponsive-connection check (10 s) closes and reconnects it, and
+        // the reconnect below triggers the resync.
+        let (client, subscriber) = (self.client.clone(), self.subscriber.clone());
+        tasks.push(tokio::spawn(async move {
+            let _ = client.enable_heartbeat(PING_INTERVAL, false).await;
+        }));
+        tasks.push(tokio::spawn(async move {
+            let _ = subscriber.enable_heartbeat(PING_INTERVAL, false).await;
+        }));
         let weak = Arc::downgrade(self);
         // fred delivers `__keyevent@` messages on its keyspace channel, with
         // the key (the payload) as binary-safe bytes.
         let mut messages = self.subscriber.keyspace_event_rx();
         tasks.push(tokio::spawn(async move {
+            use tokio::sync::broadcast::error::{RecvError, TryRecvError};
             loop {
-                let result = messages.recv().await;
+                let first = messages.recv().await;
                 let Some(server) = weak.upgrade() else { return };
-                match result {
-                    Ok(event) => server.route(&event.operation, event.key.into_bytes()),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::warn!(server = %server.label, missed, "local event queue overflowed; resyncing the links on this server");
-                        server.notify_lost(LostReason::Overflow, true);
+                // Whatever else is already queued goes along in the same
+                // batch, so a burst costs each link one lock and one wake-up
+                // per batch rather than per event.
+                let mut batch = RoutedBatch::default();
+                let mut lagged = match first {
+                    Ok(event) => {
+                        server.route(&event.operation, event.key.into_bytes(), &mut batch);
+                        None
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    Err(RecvError::Lagged(missed)) => Some(missed),
+                    Err(RecvError::Closed) => return,
+                };
+                for _ in 0..ROUTE_BATCH {
+                    match messages.try_recv() {
+                        Ok(event) => server.route(&event.operation, event.key.into_bytes(), &mut batch),
+                        Err(TryRecvError::Lagged(missed)) => lagged = Some(lagged.unwrap_or(0) + missed),
+                        Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                    }
+                }
+                batch.deliver();
+                if let Some(missed) = lagged {
+                    tracing::warn!(server = %server.label, missed, "local event queue overflowed; resyncing the links on this server");
+                    server.notify_lost(LostReason::Overflow, true);
                 }
             }
         }));
@@ -275,7 +306,8 @@ impl LocalRedis {
         *self.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
     }
 
-    fn route(&self, operation: &str, key: Bytes) {
+    /// Adds an event's key to the batch of the link whose namespace it is in.
+    fn route(&self, operation: &str, key: Bytes, batch: &mut RoutedBatch) {
         if let Some(rest) = key.strip_prefix(BARRIER_PREFIX.as_bytes()) {
             let text = String::from_utf8_lossy(rest);
             if let Some((pid, n)) = text.split_once(':')
@@ -294,11 +326,8 @@ impl LocalRedis {
             return;
         }
         let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
-        for route in routes.iter() {
-            if route.capture.as_deref().is_some_and(|p| key.starts_with(p)) {
-                route.sink.key_changed(key);
-                return;
-            }
+        if let Some(route) = find_route(&routes, &key) {
+            batch.add(route, key);
         }
     }
 
@@ -324,7 +353,12 @@ impl LocalRedis {
     ) -> Result<(Registration, Option<String>), LocalError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let captures = capture.is_some();
-        self.routes.write().unwrap_or_else(|e| e.into_inner()).push(Route { id, capture, flags: flags.clone(), sink });
+        {
+            let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+            routes.push(Route { id, capture, flags: flags.clone(), sink });
+            // Sorted by prefix (non-capturing routes first) for `find_route`.
+            routes.sort_by(|a, b| a.capture.cmp(&b.capture));
+        }
         let registration = Registration { server: self.clone(), id };
         let warning = match &flags {
             Some(needed) => self.ensure_flags(needed).await?,
@@ -426,6 +460,40 @@ impl LocalRedis {
     }
 }
 
+/// Events routed at most per batch (beyond the one that woke the router).
+const ROUTE_BATCH: usize = 1024;
+
+/// Keys routed from one batch of events, per link.
+#[derive(Default)]
+struct RoutedBatch {
+    by_link: Vec<(u64, Arc<dyn EventSink>, Vec<Bytes>)>,
+}
+
+impl RoutedBatch {
+    fn add(&mut self, route: &Route, key: Bytes) {
+        match self.by_link.iter_mut().find(|(id, _, _)| *id == route.id) {
+            Some((_, _, keys)) => keys.push(key),
+            None => self.by_link.push((route.id, route.sink.clone(), vec![key])),
+        }
+    }
+
+    fn deliver(self) {
+        for (_, sink, keys) in self.by_link {
+            sink.keys_changed(keys);
+        }
+    }
+}
+
+/// The capturing route whose prefix `key` starts with. Routes are sorted by
+/// prefix and prefixes on one database never overlap (config validation), so
+/// the only candidate is the last route whose prefix sorts at or before the
+/// key: a binary search, whatever the number of links.
+fn find_route<'a>(routes: &'a [Route], key: &[u8]) -> Option<&'a Route> {
+    let after = routes.partition_point(|r| r.capture.as_deref().is_none_or(|p| p <= key));
+    let candidate = routes[..after].last()?;
+    candidate.capture.as_deref().is_some_and(|p| key.starts_with(p)).then_some(candidate)
+}
+
 /// Converts a fred reply into our RESP value (binary strings stay binary).
 fn to_resp(value: fred::types::Value) -> Value {
     use fred::types::Value as F;
@@ -469,5 +537,52 @@ impl LocalServers {
         let server = LocalRedis::connect(url, tls).await?;
         servers.insert(key, Arc::downgrade(&server));
         Ok(server)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Collect(std::sync::Mutex<Vec<Bytes>>);
+
+    impl EventSink for Collect {
+        fn keys_changed(&self, keys: Vec<Bytes>) {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).extend(keys);
+        }
+        fn events_lost(&self, _reason: LostReason) {}
+    }
+
+    fn route(id: u64, prefix: Option<&[u8]>) -> Route {
+        Route { id, capture: prefix.map(<[u8]>::to_vec), flags: None, sink: Arc::new(Collect(Default::default())) }
+    }
+
+    #[test]
+    fn events_find_the_one_link_whose_prefix_they_start_with() {
+        let prefixes: Vec<Option<&[u8]>> = vec![None, Some(b"b:"), Some(b"a:"), Some(b"ab"), Some(b"c:x:"), None];
+        let mut routes: Vec<Route> = prefixes.iter().enumerate().map(|(i, p)| route(i as u64, *p)).collect();
+        routes.sort_by(|a, b| a.capture.cmp(&b.capture));
+        let found = |key: &[u8]| find_route(&routes, key).and_then(|r| r.capture.clone());
+        assert_eq!(found(b"a:1"), Some(b"a:".to_vec()));
+        assert_eq!(found(b"abc"), Some(b"ab".to_vec()));
+        assert_eq!(found(b"b:"), Some(b"b:".to_vec()));
+        assert_eq!(found(b"c:x:\xff"), Some(b"c:x:".to_vec()));
+        assert_eq!(found(b"c:y"), None);
+        assert_eq!(found(b"a"), None);
+        assert_eq!(found(b""), None);
+        assert_eq!(found(b"zzz"), None);
+    }
+
+    #[test]
+    fn a_batch_delivers_each_link_its_keys_once() {
+        let a = route(1, Some(b"a:"));
+        let b = route(2, Some(b"b:"));
+        let mut batch = RoutedBatch::default();
+        for (r, key) in [(&a, "a:1"), (&b, "b:1"), (&a, "a:2")] {
+            batch.add(r, Bytes::copy_from_slice(key.as_bytes()));
+        }
+        assert_eq!(batch.by_link.len(), 2);
+        assert_eq!(batch.by_link[0].2, vec![Bytes::from_static(b"a:1"), Bytes::from_static(b"a:2")]);
+        batch.deliver();
     }
 }

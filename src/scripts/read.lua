@@ -7,13 +7,25 @@
 local with_digest = ARGV[1] == '1'
 local out = {}
 for _, key in ipairs(KEYS) do
-  local t = type_of(key)
+  -- Most keys are strings (or gone): one GET tells both, and TYPE is only
+  -- asked when GET refuses the key (WRONGTYPE).
+  local value = redis.pcall('GET', key)
+  local t
+  if type(value) == 'string' then
+    t = 'string'
+  elseif value == false then
+    t = 'none'
+  else
+    t = type_of(key)
+  end
   out[#out + 1] = t
-  out[#out + 1] = tostring(redis.call('PTTL', key))
+  out[#out + 1] = t == 'none' and '-2' or tostring(redis.call('PTTL', key))
   out[#out + 1] = with_digest and digest(key, t) or '-'
   local items
   if t == 'string' then
-    items = {redis.call('GET', key)}
+    items = {value}
+  elseif t == 'none' then
+    items = {}
   elseif t == 'hash' then
     items = redis.call('HGETALL', key)
   elseif t == 'list' then

@@ -12,8 +12,10 @@
 -- A put builds the value in a scratch key under __replhub__: and RENAMEs it
 -- over the key, so every write causes exactly one keyspace event on the key
 -- (rename_to) whatever its type and TTL; a del causes one (del) when the key
--- existed. The echo filter counts on that. A 'stage' put renames a key that
--- earlier requests filled chunk by chunk (items[1] names it).
+-- existed. The echo filter of `both` links counts on that (unconditional
+-- string puts, whose events nobody counts, are a plain SET instead). A
+-- 'stage' put renames a key that earlier requests filled chunk by chunk
+-- (items[1] names it).
 --
 -- Returns per key: status ('ok' | 'same' | 'conflict' | 'skip' | 'missing'),
 -- a digest ('conflict': the current one) or the type found ('skip'), and the
@@ -73,8 +75,26 @@ for _, key in ipairs(KEYS) do
   local first = pos + 6
   pos = first + n
   local status, detail, events = 'ok', '', 0
-  local current_type = type_of(key)
-  if current_type ~= 'none' and not string.find(allowed, ',' .. current_type .. ',', 1, true) then
+  -- Unconditional string puts (push and pull, whose events nobody counts):
+  -- one SET … GET, which refuses (WRONGTYPE) without writing when the key
+  -- holds another type; only then is the type looked at below.
+  local written = false
+  if expect == '' and op == 'put' and t == 'string' then
+    local reply
+    if pttl > 0 then
+      reply = redis.pcall('SET', key, ARGV[first], 'PX', pttl, 'GET')
+    else
+      reply = redis.pcall('SET', key, ARGV[first], 'GET')
+    end
+    written = not (type(reply) == 'table' and reply['err'])
+    if written then
+      events, detail = 1, new_digest
+    end
+  end
+  local current_type = written and 'string' or type_of(key)
+  if written then
+    -- done above
+  elseif current_type ~= 'none' and not string.find(allowed, ',' .. current_type .. ',', 1, true) then
     status, detail = 'skip', current_type
   else
     local current = nil
