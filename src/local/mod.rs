@@ -134,31 +134,7 @@ impl LocalRedis {
     async fn connect(url: &RedisUrl, tls: Option<&TlsPaths>) -> Result<Arc<LocalRedis>, LocalError> {
         let label = url.to_string();
         let id = format!("{}:{}/{}", url.server_key().0, url.port, url.db);
-        let mut config = FredConfig {
-            server: ServerConfig::new_centralized(url.host.clone(), url.port),
-            username: url.username.clone(),
-            password: url.password.as_ref().map(|p| p.expose().to_string()),
-            database: Some(url.db as u8),
-            fail_fast: false,
-            ..FredConfig::default()
-        };
-        if url.db > 255 {
-            return Err(LocalError::Setup {
-                server: label,
-                message: "databases above 255 are not supported".to_string(),
-            });
-        }
-        if url.tls {
-            let paths = tls.cloned().unwrap_or(TlsPaths { ca: None, cert: None, key: None });
-            let (material, _) =
-                load_client_tls(&paths, std::time::SystemTime::now()).map_err(|problems| LocalError::Setup {
-                    server: label.clone(),
-                    message: problems.into_iter().map(|p| p.message).collect::<Vec<_>>().join("; "),
-                })?;
-            let rustls = crate::tls::client_config(material)
-                .map_err(|e| LocalError::Setup { server: label.clone(), message: e.to_string() })?;
-            config.tls = Some(fred::types::config::TlsConnector::from(rustls).into());
-        }
+        let config = fred_config(url, tls, false)?;
         let mut builder = Builder::from_config(config);
         builder
             // fred does not reconnect unless told to: retry forever, 100 ms → 5 s.
@@ -206,25 +182,7 @@ impl LocalRedis {
     /// reconnect policy, so a refused or failed connection is an error at once.
     pub async fn probe(url: &RedisUrl, tls: Option<&TlsPaths>) -> Result<(), LocalError> {
         let label = url.to_string();
-        let mut config = FredConfig {
-            server: ServerConfig::new_centralized(url.host.clone(), url.port),
-            username: url.username.clone(),
-            password: url.password.as_ref().map(|p| p.expose().to_string()),
-            database: Some(url.db as u8),
-            fail_fast: true,
-            ..FredConfig::default()
-        };
-        if url.tls {
-            let paths = tls.cloned().unwrap_or(TlsPaths { ca: None, cert: None, key: None });
-            let (material, _) =
-                load_client_tls(&paths, std::time::SystemTime::now()).map_err(|problems| LocalError::Setup {
-                    server: label.clone(),
-                    message: problems.into_iter().map(|p| p.message).collect::<Vec<_>>().join("; "),
-                })?;
-            let rustls = crate::tls::client_config(material)
-                .map_err(|e| LocalError::Setup { server: label.clone(), message: e.to_string() })?;
-            config.tls = Some(fred::types::config::TlsConnector::from(rustls).into());
-        }
+        let config = fred_config(url, tls, true)?;
         let fred_error =
             |e: fred::error::Error| LocalError::Connection { server: label.clone(), message: e.to_string() };
         let client = Builder::from_config(config)
@@ -458,6 +416,37 @@ impl LocalRedis {
     pub fn is_connected(&self) -> bool {
         self.client.is_connected()
     }
+}
+
+/// fred's configuration for `url`: credentials, database, and TLS for
+/// `rediss://` (with the link's CA and client certificate, if any).
+/// `fail_fast`: give up at the first failed connection (one-shot probes).
+fn fred_config(url: &RedisUrl, tls: Option<&TlsPaths>, fail_fast: bool) -> Result<FredConfig, LocalError> {
+    let label = url.to_string();
+    let database = u8::try_from(url.db).map_err(|_| LocalError::Setup {
+        server: label.clone(),
+        message: "databases above 255 are not supported".to_string(),
+    })?;
+    let mut config = FredConfig {
+        server: ServerConfig::new_centralized(url.host.clone(), url.port),
+        username: url.username.clone(),
+        password: url.password.as_ref().map(|p| p.expose().to_string()),
+        database: Some(database),
+        fail_fast,
+        ..FredConfig::default()
+    };
+    if url.tls {
+        let paths = tls.cloned().unwrap_or(TlsPaths { ca: None, cert: None, key: None });
+        let (material, _) =
+            load_client_tls(&paths, std::time::SystemTime::now()).map_err(|problems| LocalError::Setup {
+                server: label.clone(),
+                message: problems.into_iter().map(|p| p.message).collect::<Vec<_>>().join("; "),
+            })?;
+        let rustls = crate::tls::client_config(material)
+            .map_err(|e| LocalError::Setup { server: label, message: e.to_string() })?;
+        config.tls = Some(fred::types::config::TlsConnector::from(rustls).into());
+    }
+    Ok(config)
 }
 
 /// Events routed at most per batch (beyond the one that woke the router).
