@@ -8,6 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# git does not keep file modes beyond the executable bit: the test-only keys
+# come out of a clone readable by all, which replhub rightly warns about.
+chmod 600 examples/certs/*.key
 cargo build --locked --quiet --bin replhub --example stack
 STACK_LOG=$(mktemp -t replhub-demo-stack.XXXXXX)
 HUB_LOG=$(mktemp -t replhub-demo-hub.XXXXXX)

@@ -243,3 +243,48 @@ fn notifications_switched_off_on_the_remote_are_noticed_and_switched_back_on() {
     remote.set("n:after", "2");
     assert!(poll_until(Duration::from_secs(10), || local.get("n:after")).is_some(), "events flow again");
 }
+
+/// A hub whose only link talks to a remote that answers after 30 s, with
+/// a 1 s `shutdown_timeout`, and a key waiting to be copied.
+fn hub_with_a_copy_stuck_in_flight(stack: &Stack) -> (Hub, DelayProxy) {
+    let proxy = DelayProxy::start(stack.nginx().port(), Duration::from_secs(30));
+    let port = Hub::admin_port();
+    let link = LinkSpec::new("stuck", "push", "st:")
+        .with(&format!("remote: {{ url: {} }}", yaml_str(&format!("https://localhost:{}/", proxy.port()))));
+    let yaml = config_yaml(stack, port, &[link]).replace("shutdown_timeout: \"10s\"", "shutdown_timeout: \"1s\"");
+    let hub = Hub::start(stack.dir(), &yaml, port);
+    assert!(poll_until(Duration::from_secs(10), || hub.get("/healthz")).is_some(), "{}", hub.log_tail(20));
+    stack.local().conn().set("st:waiting", "v");
+    (hub, proxy)
+}
+
+#[test]
+fn a_shutdown_cut_short_by_the_deadline_exits_1_and_a_second_signal_exits_130() {
+    let stack = Stack::start(StackOptions::default());
+    let (mut hub, _proxy) = hub_with_a_copy_stuck_in_flight(&stack);
+    let started = std::time::Instant::now();
+    hub.signal(libc::SIGTERM);
+    let status = hub.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "copies cut short by shutdown_timeout exit 1\n{}",
+        hub.log_tail(20)
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "the deadline is 1 s, it took {:?}", started.elapsed());
+    assert!(hub.log().contains("cut short"), "the log says copies were cut short\n{}", hub.log_tail(20));
+
+    let (mut hub, _proxy) = hub_with_a_copy_stuck_in_flight(&stack);
+    let started = std::time::Instant::now();
+    hub.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(100));
+    hub.signal(libc::SIGINT);
+    let status = hub.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(130),
+        "a second signal exits at once with 130\n{}",
+        hub.log_tail(20)
+    );
+    assert!(started.elapsed() < Duration::from_millis(900), "it took {:?}", started.elapsed());
+}
