@@ -113,10 +113,12 @@ impl Base {
         Ok(decode(&data, identity))
     }
 
-    /// Saves atomically if anything changed since the last save.
-    pub fn save_if_changed(&mut self, path: &Path, identity: &str) -> std::io::Result<()> {
+    /// The saved form, if anything changed since the last call (which then
+    /// counts as saved; call [`Base::mark_unsaved`] if writing it fails).
+    /// Cheap enough to run under the link's lock; the file I/O is not.
+    pub fn encode_if_changed(&mut self, identity: &str) -> Option<Vec<u8>> {
         if !self.dirty {
-            return Ok(());
+            return None;
         }
         let mut data = Vec::with_capacity(16 + self.states.len() * 40);
         data.extend_from_slice(MAGIC);
@@ -127,21 +129,34 @@ impl Base {
             data.extend_from_slice(&state.digest.0.to_le_bytes());
             data.extend_from_slice(&state.expires_at.unwrap_or(0).to_le_bytes());
         }
-        let tmp = path.with_extension("state.tmp");
-        {
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(&data)?;
-            file.sync_all()?;
-        }
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent()
-            && let Ok(dir) = std::fs::File::open(dir)
-        {
-            let _ = dir.sync_all();
-        }
         self.dirty = false;
-        Ok(())
+        Some(data)
     }
+
+    /// The last encoded form was not written: save again next time.
+    pub fn mark_unsaved(&mut self) {
+        self.dirty = true;
+    }
+}
+
+/// Replaces `path` with `data` crash-safely: a temporary file, fsync, rename, fsync of the directory.
+pub fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("state.tmp");
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(data)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent()
+        && let Ok(dir) = std::fs::File::open(dir)
+    {
+        let _ = dir.sync_all();
+    }
+    Ok(())
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -199,7 +214,8 @@ mod tests {
         base.set(Bytes::from_static(b"k\x00\xff"), Observed { digest: Digest(42), expires_at: Some(99) });
         base.set(Bytes::from_static(b"gone"), Observed { digest: Digest(1), expires_at: None });
         base.set(Bytes::from_static(b"gone"), Observed::ABSENT);
-        base.save_if_changed(&path, "id-1").unwrap();
+        write_atomically(&path, &base.encode_if_changed("id-1").unwrap()).unwrap();
+        assert!(base.encode_if_changed("id-1").is_none(), "nothing changed since");
         let loaded = Base::load(&path, "id-1").unwrap().unwrap();
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded.get(b"k\x00\xff"), Observed { digest: Digest(42), expires_at: Some(99) });

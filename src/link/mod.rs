@@ -341,7 +341,7 @@ async fn run(config: Arc<LinkConfig>, res: Arc<Resources>, status: Arc<LinkStatu
     link.drain.cancel();
     let _ = copier.await;
     if config.direction == Direction::Both {
-        link.save_base();
+        link.save_base().await;
     }
 }
 
@@ -409,7 +409,7 @@ async fn follow_remote_health(link: Arc<Link>) {
 /// Saves the base of a `both` link every few seconds while it changes.
 async fn base_saver(link: Arc<Link>) {
     while link.sleep(Duration::from_secs(5)).await {
-        link.save_base();
+        link.save_base().await;
     }
 }
 
@@ -431,14 +431,21 @@ impl Link {
         }
     }
 
-    fn save_base(&self) {
+    /// Saves the base if it changed: encoded under the lock, written to
+    /// disk on a blocking thread (a large base must not stall the runtime).
+    async fn save_base(&self) {
         let Some(dir) = &self.res.state_dir else { return };
         let path = base::Base::path(dir, &self.config.name);
-        let result =
-            std::fs::create_dir_all(dir).and_then(|_| self.lock_base().save_if_changed(&path, &self.identity()));
-        if let Err(error) = result {
-            tracing::warn!(%error, path = %path.display(), "cannot save the base");
-            self.count_error("state_file");
-        }
+        let Some(data) = self.lock_base().encode_if_changed(&self.identity()) else { return };
+        let target = path.clone();
+        let written = tokio::task::spawn_blocking(move || base::write_atomically(&target, &data)).await;
+        let error = match written {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => error.to_string(),
+            Err(error) => error.to_string(),
+        };
+        self.lock_base().mark_unsaved();
+        tracing::warn!(%error, path = %path.display(), "cannot save the base");
+        self.count_error("state_file");
     }
 }
