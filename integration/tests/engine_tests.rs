@@ -898,3 +898,31 @@ fn engine_refused_certificate_fails_one_link_while_another_replicates() {
     assert!(copied.is_some(), "{}", hub.log_tail(60));
     assert!(hub.is_running(), "{}", hub.log_tail(60));
 }
+
+/// The largest values the issue names: a 64 MiB string pushed (staged in
+/// 8 MiB PUT chunks under nginx's 64 MiB body limit) and another pulled
+/// (one `.raw` reply of 64 MiB), byte for byte.
+#[test]
+fn engine_64_mib_values_push_and_pull() {
+    let stack = Stack::start(StackOptions::default());
+    let (mut local, mut remote) = (stack.local().conn(), stack.remote().conn());
+    for conn in [&mut local, &mut remote] {
+        conn.set_timeout(Duration::from_secs(60)).expect("longer timeouts for 64 MiB replies");
+    }
+    let pushed = noise(64 << 20, 64);
+    let pulled = noise(64 << 20, 65);
+    run_cmd(&mut local, &[b"SET", b"huge:up", &pushed]);
+    run_cmd(&mut remote, &[b"SET", b"huge:down", &pulled]);
+    let port = Hub::admin_port();
+    let links = [LinkSpec::new("up", "push", "huge:up"), LinkSpec::new("down", "pull", "huge:down")];
+    let hub = Hub::start_ready(stack.dir(), &config_yaml(&stack, port, &links), port);
+    let arrived = poll_until(Duration::from_secs(60), || {
+        let up = remote.cmd(&[b"STRLEN", b"huge:up"]).as_integer() == Some(64 << 20);
+        let down = local.cmd(&[b"STRLEN", b"huge:down"]).as_integer() == Some(64 << 20);
+        (up && down).then_some(())
+    });
+    assert!(arrived.is_some(), "the 64 MiB values did not arrive\n{}", hub.log_tail(40));
+    assert!(remote.get("huge:up").as_deref() == Some(&pushed[..]), "the pushed value differs");
+    assert!(local.get("huge:down").as_deref() == Some(&pulled[..]), "the pulled value differs");
+    assert!(reserved_keys(&mut remote).iter().all(|k| !k.contains("stage")), "no staging key is left behind");
+}
