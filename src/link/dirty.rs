@@ -105,15 +105,6 @@ impl DirtySet {
     pub fn waiting(&self) -> usize {
         self.queued.len() + self.parked.len()
     }
-
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
-    }
-
-    /// Nothing queued, parked or in flight.
-    pub fn is_idle(&self) -> bool {
-        self.queued.is_empty() && self.parked.is_empty() && self.in_flight.is_empty()
-    }
 }
 
 #[cfg(test)]

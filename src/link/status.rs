@@ -142,10 +142,6 @@ impl LinkStatus {
         self.update(|c| c.lag_seconds = lag_seconds);
     }
 
-    pub fn is_up(&self) -> bool {
-        self.conditions.lock().unwrap_or_else(|e| e.into_inner()).state == "up"
-    }
-
     pub fn report(&self) -> StatusReport {
         let c = self.conditions.lock().unwrap_or_else(|e| e.into_inner());
         StatusReport {

@@ -137,11 +137,6 @@ impl KeyState {
     pub fn absent() -> KeyState {
         KeyState { ty: KeyType::None, pttl: -2, digest: Digest::ABSENT, items: Vec::new() }
     }
-
-    /// Bytes of value data (for batching and metrics).
-    pub fn data_len(&self) -> usize {
-        self.items.iter().map(Bytes::len).sum()
-    }
 }
 
 /// A reply that does not have the shape a script returns.
