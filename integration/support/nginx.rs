@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 
 use super::install::ensure_installed;
 use super::ports::{StartError, listens_on, start_on_port};
-use super::procs::{Child, LogMark, children_of};
+use super::procs::{Child, LogMark, Slot, children_of};
 use super::{log_tail, poll_until};
 
 /// How long nginx may take to listen (or to start new workers on reload).
@@ -28,7 +28,7 @@ pub struct Nginx {
     cert_dir: PathBuf,
     port: u16,
     webdis_port: u16,
-    child: Option<Child>,
+    process: Slot,
 }
 
 impl Nginx {
@@ -41,10 +41,11 @@ impl Nginx {
         for dir in [prefix.join("logs"), prefix.join("run")] {
             std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        let mut nginx = Nginx { prefix, cert_dir: cert_dir.to_path_buf(), port: 0, webdis_port, child: None };
+        let mut nginx =
+            Nginx { prefix, cert_dir: cert_dir.to_path_buf(), port: 0, webdis_port, process: Slot::new("nginx") };
         let (child, port) = start_on_port("nginx", port, |port| nginx.launch(port))?;
         nginx.port = port;
-        nginx.child = Some(child);
+        nginx.process.replace(child);
         Ok(nginx)
     }
 
@@ -108,8 +109,7 @@ impl Nginx {
 
     /// The master's pid, if it is running.
     pub fn pid(&mut self) -> Option<u32> {
-        let child = self.child.as_mut()?;
-        child.is_running().then(|| child.pid())
+        self.process.pid()
     }
 
     /// The pids of the current worker processes (including old ones still
@@ -121,9 +121,7 @@ impl Nginx {
     /// Stops it (SIGTERM: fast shutdown, open streams get EOF; SIGKILL after
     /// 3 s). A no-op if stopped.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.stop();
-        }
+        self.process.stop();
     }
 
     /// Starts it again on the same port (re-rendering the config); panics
@@ -132,7 +130,7 @@ impl Nginx {
         self.stop();
         let (child, _) = start_on_port("nginx", Some(self.port), |port| self.launch(port))
             .unwrap_or_else(|e| panic!("cannot start nginx again: {e:#}"));
-        self.child = Some(child);
+        self.process.replace(child);
     }
 
     /// [`stop`](Self::stop), then [`start`](Self::start).
@@ -148,9 +146,8 @@ impl Nginx {
     pub fn reload(&mut self) {
         let old = self.worker_pids();
         let error_log = LogMark::at_end(&self.error_log());
-        let child = self.child.as_mut().unwrap_or_else(|| panic!("nginx is stopped"));
-        child.signal(libc::SIGHUP).unwrap_or_else(|e| panic!("cannot signal nginx: {e}"));
-        let pid = child.pid();
+        let pid = self.process.pid().unwrap_or_else(|| panic!("nginx is stopped"));
+        self.process.signal(libc::SIGHUP);
         let reloaded = poll_until(READY_TIMEOUT, || {
             if error_log.new_text().contains("[emerg]") {
                 return Some(false);

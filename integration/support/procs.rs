@@ -355,3 +355,55 @@ fn child_setup(parent: libc::pid_t, parent_death_signal: bool) -> io::Result<()>
     }
     Ok(())
 }
+
+/// A server's process while it runs, nothing while it is stopped: what
+/// every server of the stack (redis, Webdis, nginx) does with its child
+/// between starts, in one place.
+#[derive(Debug)]
+pub struct Slot {
+    name: String,
+    child: Option<Child>,
+}
+
+impl Slot {
+    /// An empty slot for a process called `name` in messages.
+    pub fn new(name: &str) -> Slot {
+        Slot { name: name.to_string(), child: None }
+    }
+
+    /// The pid while the process runs.
+    pub fn pid(&mut self) -> Option<u32> {
+        let child = self.child.as_mut()?;
+        child.is_running().then(|| child.pid())
+    }
+
+    /// Stops it (SIGTERM; SIGKILL after 3 s). A no-op if stopped.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.stop();
+        }
+    }
+
+    /// Puts a newly started process in the slot (stopping any old one).
+    pub fn replace(&mut self, child: Child) {
+        self.stop();
+        self.child = Some(child);
+    }
+
+    /// Freezes the process (SIGSTOP): connections stay open, nothing is answered.
+    pub fn pause(&mut self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a paused process go on (SIGCONT).
+    pub fn resume(&mut self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    /// Sends `sig`; panics if the process is stopped or cannot be signalled.
+    pub fn signal(&mut self, sig: libc::c_int) {
+        let name = &self.name;
+        let child = self.child.as_mut().unwrap_or_else(|| panic!("{name} is stopped"));
+        child.signal(sig).unwrap_or_else(|e| panic!("cannot signal {name}: {e}"));
+    }
+}

@@ -16,7 +16,7 @@ use replhub::resp::{self, Limits, Value};
 
 use super::install::ensure_installed;
 use super::ports::{StartError, listens_on, start_on_port};
-use super::procs::Child;
+use super::procs::{Child, Slot};
 
 /// How long a redis-server may take to answer PING after its start.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,7 +30,7 @@ pub struct RedisServer {
     dir: PathBuf,
     port: u16,
     extra_args: Vec<String>,
-    child: Option<Child>,
+    process: Slot,
 }
 
 impl RedisServer {
@@ -44,11 +44,11 @@ impl RedisServer {
             dir: dir.to_path_buf(),
             port: 0,
             extra_args: extra_args.to_vec(),
-            child: None,
+            process: Slot::new(name),
         };
         let (child, port) = start_on_port(name, port, |port| server.launch(port))?;
         server.port = port;
-        server.child = Some(child);
+        server.process.replace(child);
         Ok(server)
     }
 
@@ -87,15 +87,12 @@ impl RedisServer {
 
     /// The pid of the running process, if it is running.
     pub fn pid(&mut self) -> Option<u32> {
-        let child = self.child.as_mut()?;
-        child.is_running().then(|| child.pid())
+        self.process.pid()
     }
 
     /// Stops it (SIGTERM; SIGKILL after 3 s). Data is lost. A no-op if stopped.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.stop();
-        }
+        self.process.stop();
     }
 
     /// Starts it again on the same port, empty; returns once it answers PING.
@@ -104,7 +101,7 @@ impl RedisServer {
         self.stop();
         let (child, _) = start_on_port(&self.name, Some(self.port), |port| self.launch(port))
             .unwrap_or_else(|e| panic!("cannot start {} again: {e:#}", self.name));
-        self.child = Some(child);
+        self.process.replace(child);
     }
 
     /// [`stop`](Self::stop), then [`start`](Self::start).
@@ -115,18 +112,12 @@ impl RedisServer {
 
     /// Freezes the process (SIGSTOP): connections stay open, nothing is answered.
     pub fn pause(&mut self) {
-        self.signal(libc::SIGSTOP);
+        self.process.pause();
     }
 
     /// Lets a paused process go on (SIGCONT).
     pub fn resume(&mut self) {
-        self.signal(libc::SIGCONT);
-    }
-
-    fn signal(&mut self, sig: libc::c_int) {
-        let name = &self.name;
-        let child = self.child.as_mut().unwrap_or_else(|| panic!("{name} is stopped"));
-        child.signal(sig).unwrap_or_else(|e| panic!("cannot signal {name}: {e}"));
+        self.process.resume();
     }
 
     /// A new connection to it. Panics if it cannot connect.

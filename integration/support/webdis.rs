@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::install::ensure_installed;
 use super::ports::{StartError, listens_on, start_on_port};
-use super::procs::{Child, LogMark};
+use super::procs::{Child, LogMark, Slot};
 
 /// How long Webdis may take to listen after its start.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,7 +40,7 @@ pub struct Webdis {
     port: u16,
     redis_port: u16,
     acl: Acl,
-    child: Option<Child>,
+    process: Slot,
 }
 
 impl Webdis {
@@ -48,10 +48,10 @@ impl Webdis {
     /// on `port` or else on a free port, with its files (`webdis.json`,
     /// `webdis.log`, `webdis.out`) in `dir`. Returns once it listens.
     pub fn start_new(dir: &Path, redis_port: u16, port: Option<u16>, acl: Acl) -> anyhow::Result<Webdis> {
-        let mut webdis = Webdis { dir: dir.to_path_buf(), port: 0, redis_port, acl, child: None };
+        let mut webdis = Webdis { dir: dir.to_path_buf(), port: 0, redis_port, acl, process: Slot::new("webdis") };
         let (child, port) = start_on_port("webdis", port, |port| webdis.launch(port))?;
         webdis.port = port;
-        webdis.child = Some(child);
+        webdis.process.replace(child);
         Ok(webdis)
     }
 
@@ -94,15 +94,12 @@ impl Webdis {
 
     /// The pid of the running process, if it is running.
     pub fn pid(&mut self) -> Option<u32> {
-        let child = self.child.as_mut()?;
-        child.is_running().then(|| child.pid())
+        self.process.pid()
     }
 
     /// Stops it (SIGTERM; SIGKILL after 3 s). A no-op if stopped.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.stop();
-        }
+        self.process.stop();
     }
 
     /// Starts it again on the same port; panics (with the log tail) if it does not come up.
@@ -110,7 +107,7 @@ impl Webdis {
         self.stop();
         let (child, _) = start_on_port("webdis", Some(self.port), |port| self.launch(port))
             .unwrap_or_else(|e| panic!("cannot start webdis again: {e:#}"));
-        self.child = Some(child);
+        self.process.replace(child);
     }
 
     /// [`stop`](Self::stop), then [`start`](Self::start).
@@ -121,17 +118,12 @@ impl Webdis {
 
     /// Freezes the process (SIGSTOP).
     pub fn pause(&mut self) {
-        self.signal(libc::SIGSTOP);
+        self.process.pause();
     }
 
     /// Lets a paused process go on (SIGCONT).
     pub fn resume(&mut self) {
-        self.signal(libc::SIGCONT);
-    }
-
-    fn signal(&mut self, sig: libc::c_int) {
-        let child = self.child.as_mut().unwrap_or_else(|| panic!("webdis is stopped"));
-        child.signal(sig).unwrap_or_else(|e| panic!("cannot signal webdis: {e}"));
+        self.process.resume();
     }
 }
 

@@ -88,44 +88,28 @@ pub fn glob_escape(text: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    /// Webdis's decoder (0.1.9 `cmd.c: decode_uri`) as the reference documents it.
-    fn webdis_decode(encoded: &[u8]) -> Vec<u8> {
-        let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < encoded.len() {
-            match encoded[i] {
-                b'%' if i + 2 < encoded.len() => match (hex(encoded[i + 1]), hex(encoded[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h << 4 | l);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
-                },
-                b'+' => out.push(b' '),
-                b => out.push(b),
-            }
-            i += 1;
-        }
-        out
-    }
-
+    /// Each of the 256 bytes against the rule of webdis.md §4b: only
+    /// `A-Z a-z 0-9 _ ~ -` stay as they are, every other byte becomes `%XX`
+    /// (upper-case hex, which Webdis decodes back to exactly that byte). The
+    /// round trip through a reimplementation of Webdis's decoder, for every
+    /// byte string, is in `integration/tests/fuzz_tests.rs`.
     #[test]
-    fn every_byte_round_trips_and_no_special_character_survives() {
+    fn every_byte_is_kept_or_encoded_as_the_reference_says() {
         for b in 0..=255u8 {
-            let encoded = pct_encode(&[b]);
-            assert_eq!(webdis_decode(&encoded), vec![b], "byte 0x{b:02x}");
-            assert_eq!(pct_encoded_len(&[b]), encoded.len());
-            for special in [b'/', b'?', b'.', b'+', b'%', b' ', b'#'] {
-                if b == special {
-                    assert_eq!(encoded.len(), 3, "0x{b:02x} must be encoded");
-                }
-            }
-            assert!(encoded.iter().all(|c| c.is_ascii_graphic()), "0x{b:02x} encodes to printable ASCII");
+            let expected = if b.is_ascii_alphanumeric() || b"_~-".contains(&b) {
+                vec![b]
+            } else {
+                format!("%{b:02X}").into_bytes()
+            };
+            assert_eq!(pct_encode(&[b]), expected, "byte 0x{b:02x}");
+            assert_eq!(pct_encoded_len(&[b]), expected.len());
         }
         let all: Vec<u8> = (0..=255).collect();
-        assert_eq!(webdis_decode(&pct_encode(&all)), all);
+        let encoded = pct_encode(&all);
+        assert!(encoded.iter().all(u8::is_ascii_graphic), "printable ASCII only");
+        for special in [b'/', b'?', b'.', b'+', b' ', b'#'] {
+            assert!(!encoded.contains(&special), "0x{special:02x} must never go out raw");
+        }
     }
 
     #[test]
