@@ -86,7 +86,7 @@ impl Link {
             if both {
                 match self.res.echo.on_event(server, &key) {
                     Verdict::Echo => {
-                        self.count_echo();
+                        self.count_echoes(1);
                         continue;
                     }
                     Verdict::HeldBack => continue,

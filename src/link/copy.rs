@@ -370,9 +370,7 @@ async fn write_tracked(
             _ => 0,
         };
         let crate::echo::Settled { genuine, echoes } = link.res.echo.finish_write(&server, &record.key, events);
-        for _ in 0..echoes {
-            link.count_echo();
-        }
+        link.count_echoes(u64::from(echoes));
         if link.settle(suffix, outcome) || genuine > 0 {
             link.mark(suffix.clone(), *at);
         }

@@ -115,6 +115,10 @@ pub(crate) struct Link {
     stream_confirmed: Mutex<Option<tokio::time::Instant>>,
     /// The remote's notification flags could not be checked, and a warning said so.
     flags_warned: std::sync::atomic::AtomicBool,
+    /// This link's series of `replhub_echoes_suppressed_total` and
+    /// `replhub_dirty_keys`, looked up once: they are touched per event or batch.
+    echoes: prometheus_client::metrics::counter::Counter,
+    dirty_gauges: Vec<prometheus_client::metrics::gauge::Gauge>,
 }
 
 impl Link {
@@ -154,12 +158,8 @@ impl Link {
 
     pub fn update_dirty_gauge(&self) {
         let waiting = self.lock_dirty().waiting() as i64;
-        for &d in crate::metrics::direction_labels(self.config.direction) {
-            self.res
-                .metrics
-                .dirty_keys
-                .get_or_create(&LinkDirection { link: self.config.name.clone(), direction: d })
-                .set(waiting);
+        for gauge in &self.dirty_gauges {
+            gauge.set(waiting);
         }
     }
 
@@ -189,8 +189,9 @@ impl Link {
         self.res.metrics.count_error(&self.config.name, kind);
     }
 
-    pub fn count_echo(&self) {
-        self.res.metrics.echoes_suppressed.get_or_create(&LinkLabel { link: self.config.name.clone() }).inc();
+    /// Counts `n` events recognised as this link's own echoes.
+    pub fn count_echoes(&self, n: u64) {
+        self.echoes.inc_by(n);
     }
 
     /// Logs once per link and type that keys of `ty` are not replicated.
@@ -297,6 +298,13 @@ async fn run(config: Arc<LinkConfig>, res: Arc<Resources>, status: Arc<LinkStatu
         warned_types: Mutex::new(Default::default()),
         stream_confirmed: Mutex::new(None),
         flags_warned: Default::default(),
+        echoes: res.metrics.echoes_suppressed.get_or_create(&LinkLabel { link: config.name.clone() }).clone(),
+        dirty_gauges: crate::metrics::direction_labels(config.direction)
+            .iter()
+            .map(|&direction| {
+                res.metrics.dirty_keys.get_or_create(&LinkDirection { link: config.name.clone(), direction }).clone()
+            })
+            .collect(),
     });
     if config.direction == Direction::Both {
         link.load_base();
